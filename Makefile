@@ -1,0 +1,41 @@
+# The two set-up commands are `make run` and `make test`; see README.md.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test serve demo worker beat web bench drills lint clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Run the product on its embedded defaults: SQLite, in-process tasks, demo data, the sandbox LMS.
+run: venv
+	SANDBOX_LMS=True $(PY) manage.py migrate --noinput
+	SANDBOX_LMS=True $(PY) manage.py load_demo --base-url http://$(HOST):$(PORT)
+	SANDBOX_LMS=True $(PY) manage.py runserver $(HOST):$(PORT)
+
+## Run the whole test suite (SQLite by default; PostgreSQL/Redis when DATABASE_URL/CELERY_BROKER_URL are set).
+test: venv
+	$(VENV)/bin/pytest
+
+## Production processes (set DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, DEBUG=False, ALLOWED_HOSTS).
+web: venv
+	$(VENV)/bin/gunicorn config.wsgi:application --bind $(HOST):$(PORT) --workers 4 --threads 4
+
+worker: venv
+	$(VENV)/bin/celery -A config worker --loglevel=INFO --pool=threads --concurrency=16 -Q grades,resync,celery
+
+beat: venv
+	$(VENV)/bin/celery -A config beat --loglevel=INFO
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) db.sqlite3 .cache

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GradesyncConfig(AppConfig):
+    name = "gradesync"
+    verbose_name = "Grade sync"

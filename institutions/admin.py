@@ -1,0 +1,559 @@
+"""The staff UI for tenants and onboarding. Every change here is audited."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+from lti_tool.admin import LtiRegistrationAdmin as BaseLtiRegistrationAdmin
+from lti_tool.models import Key, LtiDeployment, LtiRegistration
+
+from . import services, tool_configuration
+from .audit import institution_of, record_staff_change
+from .models import AuditEntry, Course, CourseDatesSource, DeploymentOwnership, GradePolicy, Institution, RegistrationProfile
+
+
+class AuditedAdminMixin:
+    """Records every add, change and delete made through a ModelAdmin, with old → new values.
+
+    Django's LogEntry keeps only a message; support needs the values, so the diff goes to AuditEntry.
+    """
+
+    def _changes(self, form: forms.ModelForm, *, adding: bool) -> dict[str, tuple[Any, Any]]:
+        fields = form.changed_data if not adding else [f for f in form.cleaned_data if f in form.fields]
+        return {
+            name: (None if adding else form.initial.get(name), form.cleaned_data.get(name))
+            for name in fields
+            if not isinstance(form.fields.get(name), forms.FileField)
+        }
+
+    def save_model(self, request: HttpRequest, obj: models.Model, form: forms.ModelForm, change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)  # type: ignore[misc]
+            changes = self._changes(form, adding=not change)
+            if changes or not change:
+                record_staff_change(
+                    actor=request.user,
+                    action=f"{obj._meta.model_name}.{'changed' if change else 'created'}",
+                    obj=obj,
+                    institution=institution_of(obj),
+                    changes=changes,
+                )
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_formset(request, form, formset, change)  # type: ignore[misc]
+            for inline_form in formset.forms:
+                obj = inline_form.instance
+                if obj.pk is None or not inline_form.has_changed():
+                    continue
+                adding = inline_form.initial == {} or "id" not in inline_form.initial
+                record_staff_change(
+                    actor=request.user,
+                    action=f"{obj._meta.model_name}.{'created' if adding else 'changed'}",
+                    obj=obj,
+                    institution=institution_of(obj),
+                    changes=self._changes(inline_form, adding=adding),
+                )
+            for obj in formset.deleted_objects:
+                record_staff_change(
+                    actor=request.user, action=f"{obj._meta.model_name}.deleted", obj=obj, institution=institution_of(obj)
+                )
+
+    def delete_model(self, request: HttpRequest, obj: models.Model) -> None:
+        with transaction.atomic():
+            record_staff_change(
+                actor=request.user, action=f"{obj._meta.model_name}.deleted", obj=obj, institution=institution_of(obj)
+            )
+            super().delete_model(request, obj)  # type: ignore[misc]
+
+    def delete_queryset(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        with transaction.atomic():
+            for obj in queryset:
+                record_staff_change(
+                    actor=request.user, action=f"{obj._meta.model_name}.deleted", obj=obj, institution=institution_of(obj)
+                )
+            super().delete_queryset(request, queryset)  # type: ignore[misc]
+
+
+def audit_history_html(entries: list[AuditEntry]) -> str:
+    if not entries:
+        return format_html("<em>{}</em>", _("No changes recorded yet."))
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                entry.acted_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                entry.actor_name,
+                entry.action,
+                "; ".join(f"{field}: {old} → {new}" for field, (old, new) in entry.changes.items()),
+            )
+            for entry in entries
+        ),
+    )
+    return format_html(
+        '<table class="audit-history"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead>'
+        "<tbody>{}</tbody></table>",
+        _("When"),
+        _("Who"),
+        _("What"),
+        _("Old → new"),
+        rows,
+    )
+
+
+# --- Institutions -----------------------------------------------------------------------------
+
+
+class DeploymentOwnershipInline(admin.TabularInline):
+    model = DeploymentOwnership
+    extra = 0
+    fields = ["deployment", "deployment_status", "assigned_at", "assigned_by"]
+    readonly_fields = ["deployment", "deployment_status", "assigned_at", "assigned_by"]
+    can_delete = False
+    verbose_name_plural = _("Deployments (assign new ones from the LTI deployments list)")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        return super().get_queryset(request).select_related("deployment__registration", "assigned_by")
+
+    @admin.display(description=_("status"))
+    def deployment_status(self, ownership: DeploymentOwnership) -> str:
+        return _("active") if ownership.deployment.is_active else _("inactive")
+
+
+class GradePolicyForm(forms.Form):
+    grade_policy = forms.ChoiceField(choices=GradePolicy.choices, widget=forms.RadioSelect, label=_("Grade policy"))
+
+
+@admin.register(Institution)
+class InstitutionAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    list_display = ["name", "slug", "grade_policy", "is_active", "deployment_count", "course_count", "created_at"]
+    list_filter = ["grade_policy", "is_active"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [DeploymentOwnershipInline]
+    # The grade policy is changed only through its own view, as Django does for passwords.
+    readonly_fields = ["grade_policy_display", "courses_link", "grade_policy_history", "audit_link"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Institution | None = None) -> list:
+        main = ["name", "slug", "is_active"]
+        if obj is None:
+            return [(None, {"fields": main})]
+        return [
+            (None, {"fields": main}),
+            (_("Grade policy"), {"fields": ["grade_policy_display", "grade_policy_history"]}),
+            (_("Courses and history"), {"fields": ["courses_link", "audit_link"]}),
+        ]
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_deployments=Count("deployments", distinct=True), _courses=Count("courses", distinct=True))
+        )
+
+    @admin.display(description=_("deployments"), ordering="_deployments")
+    def deployment_count(self, institution: Institution) -> int:
+        return institution._deployments
+
+    @admin.display(description=_("courses"), ordering="_courses")
+    def course_count(self, institution: Institution) -> int:
+        return institution._courses
+
+    @admin.display(description=_("grade policy"))
+    def grade_policy_display(self, institution: Institution) -> str:
+        link = ""
+        if self._request_user_can_change_policy:
+            url = reverse("admin:institutions_institution_grade_policy", args=[institution.pk])
+            link = format_html(' &nbsp; <a class="button" href="{}">{}</a>', url, _("Change grade policy"))
+        return format_html("<strong>{}</strong>{}", institution.get_grade_policy_display(), link)
+
+    @admin.display(description=_("policy changes"))
+    def grade_policy_history(self, institution: Institution) -> str:
+        entries = list(institution.audit_entries.filter(action="grade_policy.changed")[:20])
+        return audit_history_html(entries)
+
+    @admin.display(description=_("courses"))
+    def courses_link(self, institution: Institution) -> str:
+        url = reverse("admin:institutions_course_changelist") + f"?institution__id__exact={institution.pk}"
+        return format_html('<a href="{}">{} →</a>', url, _("%(n)s courses") % {"n": institution.courses.count()})
+
+    @admin.display(description=_("all staff changes"))
+    def audit_link(self, institution: Institution) -> str:
+        url = reverse("admin:institutions_auditentry_changelist") + f"?institution__id__exact={institution.pk}"
+        return format_html('<a href="{}">{} →</a>', url, _("Audit trail"))
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None):
+        self._request_user_can_change_policy = request.user.has_perm(services.CHANGE_GRADE_POLICY_PERMISSION)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    _request_user_can_change_policy = False
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "<path:object_id>/grade-policy/",
+                self.admin_site.admin_view(self.grade_policy_view),
+                name="institutions_institution_grade_policy",
+            ),
+            *super().get_urls(),
+        ]
+
+    def grade_policy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        institution = get_object_or_404(self.get_queryset(request), pk=object_id)
+        if not request.user.has_perm(services.CHANGE_GRADE_POLICY_PERMISSION):
+            raise PermissionDenied
+        form = GradePolicyForm(request.POST or None, initial={"grade_policy": institution.grade_policy})
+        if request.method == "POST" and form.is_valid():
+            changed = services.change_grade_policy(
+                institution=institution, policy=form.cleaned_data["grade_policy"], acting_user=request.user
+            )
+            if changed:
+                self.log_change(request, institution, [{"changed": {"fields": ["grade_policy"]}}])
+                self.message_user(request, _("Grade policy changed to %s.") % GradePolicy(form.cleaned_data["grade_policy"]).label)
+            else:
+                self.message_user(request, _("The grade policy was already that; nothing changed."), messages.INFO)
+            return HttpResponseRedirect(reverse("admin:institutions_institution_change", args=[institution.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Change grade policy: %s") % institution,
+            "institution": institution,
+            "form": form,
+            "opts": self.opts,
+            "original": institution,
+            "has_view_permission": True,
+        }
+        return TemplateResponse(request, "admin/institutions/grade_policy.html", context)
+
+
+# --- Registrations ----------------------------------------------------------------------------
+
+
+class RegistrationProfileInline(admin.StackedInline):
+    model = RegistrationProfile
+    can_delete = False
+    min_num = 1
+    max_num = 1
+    fields = ["lms_family", "max_requests_in_flight"]
+    verbose_name_plural = _("LMS")
+
+
+class RegistrationDeploymentInline(admin.TabularInline):
+    model = LtiDeployment
+    extra = 0
+    fields = ["deployment_id", "is_active", "owner"]
+    readonly_fields = ["owner"]
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        return super().get_queryset(request).select_related("ownership__institution")
+
+    @admin.display(description=_("institution"))
+    def owner(self, deployment: LtiDeployment) -> str:
+        ownership = getattr(deployment, "ownership", None)
+        return str(ownership.institution) if ownership else _("— pending assignment —")
+
+
+class RegistrationForm(forms.ModelForm):
+    class Meta:
+        model = LtiRegistration
+        fields = "__all__"
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        issuer = cleaned.get("issuer") or ""
+        if issuer:
+            try:
+                forms.URLField(assume_scheme="https").clean(issuer)
+            except ValidationError:
+                self.add_error("issuer", _("The issuer must be a URL, e.g. https://canvas.instructure.com."))
+        for field in ["issuer", "auth_url", "token_url", "keyset_url"]:
+            value = cleaned.get(field) or ""
+            if tool_configuration.PLACEHOLDER in value or "CLIENT_ID" in value:
+                self.add_error(field, _("Replace the placeholder (HOST.example or CLIENT_ID) with this LMS's value."))
+        return cleaned
+
+
+admin.site.unregister(LtiRegistration)  # django-lti's own admin, replaced by ours below
+
+
+@admin.register(LtiRegistration)
+class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
+    form = RegistrationForm
+    list_display = ["name", "lms", "issuer", "client_id", "deployment_count", "is_active", "tool_configuration_link"]
+    list_filter = ["profile__lms_family", "is_active"]
+    list_select_related = ["profile"]
+    search_fields = ["name", "issuer", "client_id"]
+    readonly_fields = ["uuid"]
+    inlines = [RegistrationProfileInline, RegistrationDeploymentInline]
+    change_form_template = "admin/lti_tool/ltiregistration/change_form.html"
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        return super().get_queryset(request).annotate(_deployments=Count("deployments"))
+
+    @admin.display(description=_("LMS"), ordering="profile__lms_family")
+    def lms(self, registration: LtiRegistration) -> str:
+        profile = getattr(registration, "profile", None)
+        return profile.get_lms_family_display() if profile else "—"
+
+    @admin.display(description=_("deployments"), ordering="_deployments")
+    def deployment_count(self, registration: LtiRegistration) -> int:
+        return registration._deployments
+
+    @admin.display(description=_("tool configuration"))
+    def tool_configuration_link(self, registration: LtiRegistration) -> str:
+        url = reverse("admin:lti_tool_ltiregistration_tool_configuration", args=[registration.pk])
+        return format_html('<a href="{}">{}</a>', url, _("For the LMS admin"))
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict:
+        initial = super().get_changeform_initial_data(request)
+        preset = tool_configuration.PRESETS.get(request.GET.get("preset", ""))
+        if preset:
+            initial.update(
+                name=preset.name,
+                issuer=preset.issuer,
+                auth_url=preset.auth_url,
+                token_url=preset.token_url,
+                keyset_url=preset.keyset_url,
+                audience=preset.audience,
+            )
+        return initial
+
+    def get_formset_kwargs(self, request: HttpRequest, obj: Any, inline: Any, prefix: str) -> dict:
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        preset = tool_configuration.PRESETS.get(request.GET.get("preset", ""))
+        if preset and isinstance(inline, RegistrationProfileInline) and request.method == "GET":
+            kwargs["initial"] = [{"lms_family": preset.lms_family}]
+        return kwargs
+
+    def render_change_form(self, request: HttpRequest, context: dict, *args: Any, **kwargs: Any) -> HttpResponse:
+        context["presets"] = tool_configuration.PRESETS
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "<path:object_id>/tool-configuration/",
+                self.admin_site.admin_view(self.tool_configuration_view),
+                name="lti_tool_ltiregistration_tool_configuration",
+            ),
+            *super().get_urls(),
+        ]
+
+    def tool_configuration_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        registration = get_object_or_404(self.get_queryset(request).select_related("profile"), pk=object_id)
+        if not self.has_view_permission(request, registration):
+            raise PermissionDenied
+        base_url = request.build_absolute_uri("/")
+        profile = getattr(registration, "profile", None)
+        lms_family = profile.lms_family if profile else "other"
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Tool configuration for %s") % registration,
+            "registration": registration,
+            "opts": self.opts,
+            "original": registration,
+            "urls": tool_configuration.tool_urls(base_url, registration),
+            "scopes": tool_configuration.TOOL_SCOPES,
+            "custom_parameters": tool_configuration.custom_parameters(lms_family),
+            "custom_parameters_text": "\n".join(
+                f"{k}={v}" for k, v in tool_configuration.custom_parameters(lms_family).items()
+            ),
+            "canvas_json": json.dumps(tool_configuration.canvas_developer_key(base_url, registration), indent=2),
+            "is_canvas": lms_family == "canvas",
+        }
+        return TemplateResponse(request, "admin/lti_tool/ltiregistration/tool_configuration.html", context)
+
+
+# --- Deployments ------------------------------------------------------------------------------
+
+
+class DeploymentStatusFilter(admin.SimpleListFilter):
+    title = _("status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list:
+        return [("pending", _("Pending (inactive or unassigned)")), ("active", _("Active and assigned"))]
+
+    def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
+        pending = Q(is_active=False) | Q(ownership__isnull=True)
+        if self.value() == "pending":
+            return queryset.filter(pending)
+        if self.value() == "active":
+            return queryset.exclude(pending)
+        return queryset
+
+
+class AssignDeploymentForm(forms.Form):
+    institution = forms.ModelChoiceField(queryset=Institution.objects.all(), label=_("Institution"))
+    activate = forms.BooleanField(required=False, initial=True, label=_("Activate (accept launches and grades)"))
+
+
+@admin.register(LtiDeployment)
+class DeploymentAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    list_display = ["deployment_id", "registration", "status", "institution", "platform", "datetime_created"]
+    list_filter = [DeploymentStatusFilter, "registration"]
+    list_select_related = ["registration", "ownership__institution", "platform_instance"]
+    search_fields = ["deployment_id", "registration__name", "ownership__institution__name", "platform_instance__name"]
+    fields = ["registration", "deployment_id", "is_active", "institution", "platform", "pns_url", "datetime_created"]
+    readonly_fields = ["institution", "platform", "pns_url", "datetime_created"]
+    actions = ["assign_to_institution"]
+    ordering = ["-datetime_created"]
+    show_full_result_count = False
+
+    @admin.display(description=_("status"))
+    def status(self, deployment: LtiDeployment) -> str:
+        ownership = getattr(deployment, "ownership", None)
+        if deployment.is_active and ownership:
+            return format_html('<span style="color:#2a7">{}</span>', _("active"))
+        return format_html('<strong style="color:#c60">{}</strong>', _("pending"))
+
+    @admin.display(description=_("institution"), ordering="ownership__institution__name")
+    def institution(self, deployment: LtiDeployment) -> str:
+        ownership = getattr(deployment, "ownership", None)
+        return str(ownership.institution) if ownership else "—"
+
+    @admin.display(description=_("platform (from its first launch)"))
+    def platform(self, deployment: LtiDeployment) -> str:
+        instance = deployment.platform_instance
+        if instance is None:
+            return "—"
+        return " · ".join(filter(None, [instance.name, instance.product_family_code, instance.url, instance.guid]))
+
+    @admin.action(description=_("Assign to an institution and activate…"), permissions=["change"])
+    def assign_to_institution(self, request: HttpRequest, queryset: models.QuerySet) -> HttpResponse | None:
+        form = AssignDeploymentForm(request.POST if "confirm" in request.POST else None)
+        if "confirm" in request.POST and form.is_valid():
+            done, refused = 0, []
+            for deployment in queryset:
+                try:
+                    services.assign_deployment(
+                        deployment=deployment,
+                        institution=form.cleaned_data["institution"],
+                        activate=form.cleaned_data["activate"],
+                        acting_user=request.user,
+                    )
+                    self.log_change(request, deployment, f"Assigned to {form.cleaned_data['institution']}")
+                    done += 1
+                except ValidationError as error:
+                    refused.append(" ".join(error.messages))
+            if done:
+                self.message_user(request, _("%(n)d deployment(s) assigned to %(inst)s.") % {"n": done, "inst": form.cleaned_data["institution"]})
+            for message in refused:
+                self.message_user(request, message, messages.ERROR)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Assign deployments to an institution"),
+            "deployments": queryset.select_related("registration", "ownership__institution", "platform_instance"),
+            "form": form,
+            "opts": self.opts,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "action": "assign_to_institution",
+        }
+        return TemplateResponse(request, "admin/lti_tool/ltideployment/assign.html", context)
+
+
+# --- Courses, keys and the audit trail --------------------------------------------------------
+
+
+class CourseForm(forms.ModelForm):
+    class Meta:
+        model = Course
+        fields = ["starts_at", "ends_at"]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        starts, ends = cleaned.get("starts_at"), cleaned.get("ends_at")
+        if starts and ends and ends < starts:
+            raise ValidationError(_("The course cannot end before it starts."))
+        return cleaned
+
+
+@admin.register(Course)
+class CourseAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = CourseForm
+    list_display = ["title", "institution", "context_id", "deployment", "starts_at", "ends_at", "dates_source"]
+    list_filter = ["institution", "dates_source"]
+    list_select_related = ["institution", "context", "deployment__registration"]
+    search_fields = ["title", "context__id_on_platform"]
+    fields = ["title", "institution", "context", "deployment", "starts_at", "ends_at", "dates_source"]
+    readonly_fields = ["title", "institution", "context", "deployment", "dates_source"]
+    show_full_result_count = False
+    ordering = ["-id"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # courses come from LMS launches
+
+    @admin.display(description=_("LMS course id"), ordering="context__id_on_platform")
+    def context_id(self, course: Course) -> str:
+        return course.context.id_on_platform
+
+    def save_model(self, request: HttpRequest, obj: Course, form: forms.ModelForm, change: bool) -> None:
+        if {"starts_at", "ends_at"} & set(form.changed_data):
+            obj.dates_source = CourseDatesSource.SUPPORT
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Key)
+class KeyAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    list_display = ["kid", "is_active", "datetime_created"]
+    list_filter = ["is_active"]
+    fields = ["kid", "is_active", "public_key", "datetime_created"]
+    readonly_fields = ["kid", "public_key", "datetime_created"]
+    actions = ["publish_new_key"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are generated, never pasted
+
+    @admin.display(description="kid")
+    def kid(self, key: Key) -> str:
+        return str(key)
+
+    @admin.action(description=_("Rotate: publish a new signing key beside the active ones"), permissions=["change"])
+    def publish_new_key(self, request: HttpRequest, queryset: models.QuerySet) -> None:
+        with transaction.atomic():
+            key = Key.objects.generate()
+            record_staff_change(actor=request.user, action="key.created", obj=key, changes={"is_active": (None, True)})
+        self.message_user(
+            request,
+            _("New key %s published. Deactivate the old key once LMSes have refetched the JWKS (a few days).") % key,
+        )
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["acted_at", "actor_name", "action", "object_repr", "institution", "change_summary"]
+    list_filter = ["action", "institution"]
+    list_select_related = ["institution"]
+    search_fields = ["actor_name", "object_repr", "action"]
+    date_hierarchy = "acted_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("old → new"))
+    def change_summary(self, entry: AuditEntry) -> str:
+        return "; ".join(f"{field}: {old} → {new}" for field, (old, new) in entry.changes.items())

@@ -1,0 +1,205 @@
+"""Tenants: institutions, who owns which LTI deployment, courses, and the staff audit trail.
+
+django-lti (`lti_tool`) owns registrations, deployments, contexts, users and line items; the
+models here point at them and add what a multi-tenant grade-sync product needs.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+from lti_tool.models import LtiContext, LtiDeployment, LtiRegistration
+
+
+class GradePolicy(models.TextChoices):
+    HIGHEST = "highest", _("Highest attempt")
+    MOST_RECENT = "most_recent", _("Most recent attempt")
+
+
+class InstitutionQuerySet(models.QuerySet):
+    def active(self) -> InstitutionQuerySet:
+        return self.filter(is_active=True)
+
+
+class Institution(models.Model):
+    """A customer of the vendor: a school, college or training provider."""
+
+    name = models.CharField(_("name"), max_length=200)
+    slug = models.SlugField(_("slug"), max_length=80, unique=True, help_text=_("Short unique id, e.g. 'state-univ'."))
+    grade_policy = models.CharField(
+        _("grade policy"),
+        max_length=20,
+        choices=GradePolicy.choices,
+        default=GradePolicy.HIGHEST,
+        help_text=_("Which attempt's result is sent to the LMS. Only Support staff change it."),
+    )
+    is_active = models.BooleanField(
+        _("accepts grades"), default=True, help_text=_("An inactive institution's deployments launch no grades.")
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = InstitutionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("change_grade_policy", "Can change an institution's grade policy")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(grade_policy__in=GradePolicy.values), name="institution_grade_policy_valid"
+            ),
+        ]
+        indexes = [models.Index(fields=["name"], name="institution_name_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LmsFamily(models.TextChoices):
+    CANVAS = "canvas", "Canvas"
+    MOODLE = "moodle", "Moodle"
+    BLACKBOARD = "blackboard", "Blackboard Learn"
+    D2L = "d2l", "D2L Brightspace"
+    SCHOOLOGY = "schoology", "Schoology"
+    SAKAI = "sakai", "Sakai"
+    OTHER = "other", _("Other")
+
+
+class RegistrationProfile(models.Model):
+    """What we know of an LMS registration beyond django-lti's fields."""
+
+    registration = models.OneToOneField(
+        LtiRegistration, on_delete=models.CASCADE, related_name="profile", verbose_name=_("registration")
+    )
+    lms_family = models.CharField(_("LMS"), max_length=20, choices=LmsFamily.choices, default=LmsFamily.OTHER)
+    max_requests_in_flight = models.PositiveSmallIntegerField(
+        _("max requests in flight"),
+        default=4,
+        help_text=_("Grade requests sent to this LMS at once; keeps one installation's rate limit from flooding."),
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(lms_family__in=LmsFamily.values), name="registration_lms_family_valid"),
+            models.CheckConstraint(condition=Q(max_requests_in_flight__gte=1), name="registration_in_flight_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.registration} ({self.get_lms_family_display()})"
+
+
+class DeploymentOwnershipQuerySet(models.QuerySet):
+    def accepting_grades(self) -> DeploymentOwnershipQuerySet:
+        """Deployments that are active and owned by an active institution."""
+        return self.filter(deployment__is_active=True, institution__is_active=True)
+
+
+class DeploymentOwnership(models.Model):
+    """Which institution a django-lti deployment belongs to: at most one.
+
+    One registration (one Canvas) can serve several institutions, each in its own
+    sub-account with its own deployment, so ownership is per deployment, not per registration.
+    """
+
+    deployment = models.OneToOneField(
+        LtiDeployment, on_delete=models.CASCADE, related_name="ownership", verbose_name=_("deployment")
+    )
+    institution = models.ForeignKey(
+        Institution, on_delete=models.PROTECT, related_name="deployments", verbose_name=_("institution")
+    )
+    assigned_at = models.DateTimeField(auto_now_add=True)
+    assigned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = DeploymentOwnershipQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("deployment ownership")
+        indexes = [models.Index(fields=["institution"], name="ownership_institution_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} → {self.institution}"
+
+
+class CourseDatesSource(models.TextChoices):
+    NONE = "none", _("Unknown")
+    LMS = "lms", _("From the LMS launch")
+    SUPPORT = "support", _("Set by support")
+
+
+class CourseQuerySet(models.QuerySet):
+    def for_institution(self, institution: Institution) -> CourseQuerySet:
+        return self.filter(institution=institution)
+
+
+class Course(models.Model):
+    """One LMS course (an LTI context) with the dates that bound grade sync."""
+
+    context = models.OneToOneField(LtiContext, on_delete=models.CASCADE, related_name="course")
+    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="courses")
+    deployment = models.ForeignKey(LtiDeployment, on_delete=models.PROTECT, related_name="courses")
+    title = models.CharField(_("title"), max_length=500, blank=True)
+    starts_at = models.DateTimeField(_("starts"), null=True, blank=True)
+    ends_at = models.DateTimeField(_("ends"), null=True, blank=True)
+    dates_source = models.CharField(
+        _("dates from"), max_length=10, choices=CourseDatesSource.choices, default=CourseDatesSource.NONE
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CourseQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(starts_at__isnull=True) | Q(ends_at__isnull=True) | Q(ends_at__gte=models.F("starts_at")),
+                name="course_ends_after_start",
+            ),
+            models.CheckConstraint(
+                condition=Q(dates_source__in=CourseDatesSource.values), name="course_dates_source_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["institution", "title"], name="course_institution_title_idx"),
+            models.Index(fields=["deployment"], name="course_deployment_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or self.context.id_on_platform
+
+
+class AuditEntry(models.Model):
+    """One change made by a staff member: who, when, what, old → new.
+
+    Written by `institutions.audit.record_staff_change`, inside the change's transaction.
+    """
+
+    acted_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    actor_name = models.CharField(max_length=150, help_text=_("The username when the change was made."))
+    action = models.CharField(max_length=60)
+    institution = models.ForeignKey(
+        Institution, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"
+    )
+    content_type = models.ForeignKey(ContentType, null=True, on_delete=models.SET_NULL, related_name="+")
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=300, blank=True)
+    changes = models.JSONField(default=dict, blank=True, help_text=_("{field: [old, new]}"))
+
+    class Meta:
+        verbose_name = _("audit entry")
+        verbose_name_plural = _("audit entries")
+        ordering = ["-acted_at", "-id"]
+        indexes = [
+            models.Index(fields=["institution", "-acted_at"], name="audit_institution_time_idx"),
+            models.Index(fields=["content_type", "object_id"], name="audit_object_idx"),
+            models.Index(fields=["action", "-acted_at"], name="audit_action_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.action} {self.object_repr}"
