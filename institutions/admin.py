@@ -149,6 +149,7 @@ class InstitutionAdmin(AuditedAdminMixin, admin.ModelAdmin):
     inlines = [DeploymentOwnershipInline]
     # The grade policy is changed only through its own view, as Django does for passwords.
     readonly_fields = ["grade_policy_display", "courses_link", "grade_policy_history", "audit_link"]
+    change_form_template = "admin/institutions/institution/change_form.html"
 
     def get_fieldsets(self, request: HttpRequest, obj: Institution | None = None) -> list:
         main = ["name", "slug", "is_active"]
@@ -177,11 +178,7 @@ class InstitutionAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("grade policy"))
     def grade_policy_display(self, institution: Institution) -> str:
-        link = ""
-        if self._request_user_can_change_policy:
-            url = reverse("admin:institutions_institution_grade_policy", args=[institution.pk])
-            link = format_html(' &nbsp; <a class="button" href="{}">{}</a>', url, _("Change grade policy"))
-        return format_html("<strong>{}</strong>{}", institution.get_grade_policy_display(), link)
+        return format_html("<strong>{}</strong>", institution.get_grade_policy_display())
 
     @admin.display(description=_("policy changes"))
     def grade_policy_history(self, institution: Institution) -> str:
@@ -197,12 +194,6 @@ class InstitutionAdmin(AuditedAdminMixin, admin.ModelAdmin):
     def audit_link(self, institution: Institution) -> str:
         url = reverse("admin:institutions_auditentry_changelist") + f"?institution__id__exact={institution.pk}"
         return format_html('<a href="{}">{} →</a>', url, _("Audit trail"))
-
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None):
-        self._request_user_can_change_policy = request.user.has_perm(services.CHANGE_GRADE_POLICY_PERMISSION)
-        return super().change_view(request, object_id, form_url, extra_context)
-
-    _request_user_can_change_policy = False
 
     def get_urls(self) -> list:
         return [

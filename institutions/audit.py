@@ -9,19 +9,20 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.utils.functional import Promise
 
 from .models import AuditEntry, Institution
 
 
 def audit_value(value: Any) -> Any:
     """A JSON-safe, human-readable form of a field value."""
-    if isinstance(value, models.Model):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (models.Model, Promise, datetime.datetime, datetime.date, decimal.Decimal, uuid.UUID)):
         return str(value)
-    if isinstance(value, (datetime.datetime, datetime.date, decimal.Decimal, uuid.UUID)):
-        return str(value)
-    if isinstance(value, (list, tuple, set)) or hasattr(value, "__iter__") and not isinstance(value, (str, dict)):
+    if isinstance(value, (list, tuple, set, models.QuerySet)):
         return [audit_value(v) for v in value]
-    return value
+    return str(value)
 
 
 def record_staff_change(

@@ -20,6 +20,7 @@ class InstitutionFactory(DjangoModelFactory):
 class RegistrationFactory(DjangoModelFactory):
     class Meta:
         model = LtiRegistration
+        skip_postgeneration_save = True
 
     name = factory.Sequence(lambda n: f"LMS {n}")
     issuer = "https://canvas.instructure.com"
