@@ -1,0 +1,64 @@
+"""The door into grade sync. Other apps call only what is here.
+
+`record_result` is called by courseware when an attempt is scored, inside the attempt's
+transaction, so the result and (later) its delivery row commit together or not at all.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from decimal import Decimal
+
+from lti_tool.models import LtiDeployment, LtiResourceLink, LtiUser
+
+from institutions.models import Course
+
+from .models import Result
+
+
+@dataclass(frozen=True)
+class LaunchFacts:
+    """What the attempt's launch said: who the user was, in which course, under which deployment.
+
+    `role` is "learner", "instructor", "test_user", "other", or "" when there was no LTI launch.
+    """
+
+    role: str
+    course: Course | None
+    deployment: LtiDeployment | None
+
+
+NO_LAUNCH = LaunchFacts(role="", course=None, deployment=None)
+
+
+def record_result(
+    *,
+    source_ref: str,
+    lti_user: LtiUser | None,
+    course: Course,
+    activity_key: str,
+    activity_title: str,
+    resource_link: LtiResourceLink | None,
+    score: Decimal,
+    completed_at: datetime.datetime,
+    launch: LaunchFacts,
+) -> Result:
+    """Record a finished attempt's result (a fraction 0–1) in grade sync's ledger. Idempotent on `source_ref`."""
+    if not (0 <= score <= 1):
+        raise ValueError(f"score must be a fraction between 0 and 1, not {score}")
+    result, _created = Result.objects.get_or_create(
+        source_ref=source_ref,
+        defaults={
+            "lti_user": lti_user,
+            "course": course,
+            "activity_key": activity_key,
+            "activity_title": activity_title,
+            "resource_link": resource_link,
+            "score": score,
+            "completed_at": completed_at,
+            "launch_role": launch.role,
+            "launched_course": launch.course,
+            "launch_deployment": launch.deployment,
+        },
+    )
+    return result
