@@ -153,6 +153,10 @@ class Launch(models.Model):
     role = models.CharField(max_length=20, choices=LaunchRole.choices)
     roles = models.JSONField(default=list, help_text=_("The roles claim as the LMS sent it."))
     message_type = models.CharField(max_length=60)
+    deep_linking_settings = models.JSONField(
+        default=dict, blank=True, help_text=_("The deep-linking request's settings (return URL, data, accept_*).")
+    )
+    return_url = models.URLField(max_length=1000, blank=True)
     launched_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
