@@ -9,7 +9,7 @@ import datetime
 from dataclasses import dataclass
 from decimal import Decimal
 
-from lti_tool.models import LtiDeployment, LtiResourceLink, LtiUser
+from lti_tool.models import LtiDeployment, LtiLineItem, LtiResourceLink, LtiUser
 
 from institutions.models import Course
 
@@ -62,3 +62,35 @@ def record_result(
         },
     )
     return result
+
+
+def record_launch_endpoints(
+    *,
+    resource_link: LtiResourceLink,
+    ags_claim: dict | None,
+    label: str,
+    score_maximum: Decimal | None,
+    resource_id: str = "",
+) -> LtiLineItem | None:
+    """Store the line item the LMS named for this resource link at launch.
+
+    The AGS claim's `lineitem` comes in every launch and may change: the latest wins, so the
+    first grade of a new course needs no lookup. Returns the bound line item, if any.
+    """
+    url = (ags_claim or {}).get("lineitem")
+    if not url:
+        return None
+    # A copied course has new resource links; the URL identifies the line item across them.
+    line_item, _created = LtiLineItem.objects.update_or_create(
+        url=url,
+        defaults={
+            "context_id": resource_link.context_id,
+            "resource_link": resource_link,
+            "label": (label or resource_link.title or "Activity")[:255],
+            "maximum_score": float(score_maximum) if score_maximum else 1.0,
+            "resource_id": resource_id,
+        },
+    )
+    # Only one line item is bound to a resource link: one that the LMS now names replaces older ones.
+    LtiLineItem.objects.filter(resource_link=resource_link).exclude(pk=line_item.pk).update(resource_link=None)
+    return line_item
