@@ -49,6 +49,8 @@ if SANDBOX_LMS:
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # First, so that on the way out it sees the cookies the session and CSRF middleware set.
+    "courseware.middleware.FramedCookiesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -112,11 +114,12 @@ def _default_cache_url() -> str:
 CACHES = {"default": env.cache_url("CACHE_URL", default=_default_cache_url())}
 
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-# LMSes frame our pages: the session cookie must travel in a cross-site iframe (see courseware.middleware).
-SESSION_COOKIE_SAMESITE = "None"
-CSRF_COOKIE_SAMESITE = "None"
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
-CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# LMSes frame our pages: over https courseware.middleware.FramedCookiesMiddleware makes the
+# session and CSRF cookies SameSite=None; Secure so they travel in a cross-site iframe.
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,13 +1,13 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
-from lti_tool.views import OIDCLoginInitView, jwks
+from lti_tool.views import jwks
 
-from institutions.tool_configuration import JWKS_PATH, LOGIN_PATH
+from institutions.tool_configuration import JWKS_PATH
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path(f"{LOGIN_PATH}<uuid:registration_uuid>/", OIDCLoginInitView.as_view(), name="lti-login"),
+    path("", include("courseware.launch.urls")),
     path(JWKS_PATH, jwks, name="lti-jwks"),
     path("courseware/", include("courseware.urls")),
 ]

@@ -1,0 +1,115 @@
+"""The deep-linking response: the activities an instructor picked, as a signed JWT for the LMS.
+
+Built here rather than by pylti1p3, which writes `"data": null` and other nulls that
+certification suites flag. Optional fields are left out, never null.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import jwt
+from django.db import transaction
+from jwcrypto.jwk import JWK
+from lti_tool.models import Key, LtiRegistration
+
+from ..models import Activity, ActivityKind, Launch, Placement
+from .services import ACTIVITY_PARAM, PLACEMENT_PARAM
+
+LINE_ITEM_TAG = "courseware"
+RESPONSE_LIFETIME_SECONDS = 600
+
+
+class PickRefused(Exception):
+    """The instructor's choice cannot be returned to this LMS; the message says why."""
+
+
+@dataclass(frozen=True)
+class PickedItem:
+    activity: Activity
+    graded: bool
+    points: Decimal | None
+
+
+def tool_signing_key(registration: LtiRegistration) -> tuple[str, str]:
+    """(private key PEM, kid) this tool signs with for the registration (django-lti's choice)."""
+    if registration.has_key:
+        public = JWK.from_pem(registration.public_key.encode())
+        return registration.private_key, json.loads(public.export_public()).get("kid") or public.thumbprint()
+    key = Key.objects.active().latest()
+    return key.private_key, key.as_jwk()["kid"]
+
+
+def validate_picks(settings: dict[str, Any], picks: list[PickedItem]) -> None:
+    """Refuse what the deep-linking request does not allow, with a reason an instructor can act on."""
+    accept_types = settings.get("accept_types") or []
+    if picks and "ltiResourceLink" not in accept_types:
+        raise PickRefused("This LMS placement does not accept activity links (ltiResourceLink).")
+    if len(picks) > 1 and settings.get("accept_multiple") is False:
+        raise PickRefused("This LMS placement accepts one activity at a time: choose only one.")
+    for pick in picks:
+        if pick.graded and pick.activity.kind == ActivityKind.SECTION_HEADER:
+            raise PickRefused(f"“{pick.activity.title}” is a section header: it can only be added ungraded.")
+        if pick.graded and settings.get("accept_lineitem") is False:
+            raise PickRefused("This LMS placement does not accept graded items (line items): add them ungraded.")
+        if pick.graded and (pick.points is None or pick.points <= 0):
+            raise PickRefused(f"Points for “{pick.activity.title}” must be greater than 0.")
+
+
+def content_item(*, pick: PickedItem, placement: Placement, launch_url: str) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "type": "ltiResourceLink",
+        "title": pick.activity.title,
+        "url": launch_url,
+        "custom": {ACTIVITY_PARAM: str(pick.activity.pk), PLACEMENT_PARAM: str(placement.pk)},
+    }
+    if pick.activity.summary:
+        item["text"] = pick.activity.summary
+    if pick.graded:
+        item["lineItem"] = {
+            "scoreMaximum": float(pick.points),
+            "label": pick.activity.title,
+            "resourceId": str(pick.activity.pk),
+            "tag": LINE_ITEM_TAG,
+        }
+    return item
+
+
+@transaction.atomic
+def deep_linking_response(*, launch: Launch, registration: LtiRegistration, picks: list[PickedItem], launch_url: str) -> str:
+    """Record the placements and return the signed LtiDeepLinkingResponse JWT."""
+    settings = launch.deep_linking_settings
+    validate_picks(settings, picks)
+    items = []
+    for pick in picks:
+        placement = Placement.objects.create(
+            course=launch.course,
+            activity=pick.activity,
+            deployment=launch.deployment,
+            graded=pick.graded,
+            score_maximum=pick.points if pick.graded else None,
+            placed_by=launch.lti_user,
+        )
+        items.append(content_item(pick=pick, placement=placement, launch_url=launch_url))
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": registration.client_id,
+        "aud": registration.issuer,
+        "iat": now,
+        "exp": now + RESPONSE_LIFETIME_SECONDS,
+        "nonce": uuid.uuid4().hex,
+        "https://purl.imsglobal.org/spec/lti/claim/deployment_id": launch.deployment.deployment_id,
+        "https://purl.imsglobal.org/spec/lti/claim/message_type": "LtiDeepLinkingResponse",
+        "https://purl.imsglobal.org/spec/lti/claim/version": "1.3.0",
+        "https://purl.imsglobal.org/spec/lti-dl/claim/content_items": items,
+    }
+    if "data" in settings and settings["data"] is not None:
+        claims["https://purl.imsglobal.org/spec/lti-dl/claim/data"] = settings["data"]
+    if picks:
+        claims["https://purl.imsglobal.org/spec/lti-dl/claim/msg"] = f"Added {len(picks)} activit{'y' if len(picks) == 1 else 'ies'}."
+    private_key, kid = tool_signing_key(registration)
+    return jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": kid})

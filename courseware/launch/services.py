@@ -1,0 +1,135 @@
+"""Writes of a verified launch: users, course, membership, resource link, activity binding, Launch."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import transaction
+from lti_tool.models import LtiLaunch, LtiResourceLink
+from lti_tool.utils import sync_data_from_launch
+
+from gradesync import api as gradesync_api
+from institutions.services import upsert_course_from_launch
+
+from ..models import Activity, ActivityLink, Launch, LaunchRole, Placement
+from .verification import DEEP_LINKING_REQUEST, DL, RESOURCE_LINK_REQUEST, VerifiedLaunch
+
+AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
+MEMBERSHIP = "http://purl.imsglobal.org/vocab/lis/v2/membership#"
+TEST_USER = "http://purl.imsglobal.org/vocab/lti/system/person#TestUser"
+INSTRUCTOR_ROLES = {"Instructor", "TeachingAssistant", "ContentDeveloper", "Administrator"}
+
+# Custom parameters: the ones our deep-linking response sets on each link, and course dates.
+ACTIVITY_PARAM = "activity_id"
+PLACEMENT_PARAM = "placement_id"
+START_DATE_PARAM = "course_start_date"
+END_DATE_PARAM = "course_end_date"
+
+
+def role_from_claims(roles: list[str]) -> str:
+    """The course role that matters here, from the roles claim.
+
+    Only *context* roles count: the institution role `…/institution/person#Student` makes nobody
+    a student of this course. Student view (TestUser) wins over Learner: it never syncs.
+    """
+    if TEST_USER in roles:
+        return LaunchRole.TEST_USER
+    names = set()
+    for role in roles:
+        if not isinstance(role, str):
+            continue
+        if role.startswith(MEMBERSHIP):
+            names.add(role[len(MEMBERSHIP):])
+        elif role.startswith("http://purl.imsglobal.org/vocab/lis/v2/membership/Instructor#"):
+            names.add(role.rsplit("#", 1)[1])  # sub-roles such as TeachingAssistant
+        elif "/" not in role:
+            names.add(role)  # deprecated simple names ("Learner", "Instructor")
+    if names & INSTRUCTOR_ROLES:
+        return LaunchRole.INSTRUCTOR
+    if "Learner" in names:
+        return LaunchRole.LEARNER
+    return LaunchRole.OTHER
+
+
+def _placement_from(custom: dict[str, str]) -> Placement | None:
+    placement_id = custom.get(PLACEMENT_PARAM, "")
+    if not placement_id.isdigit():
+        return None
+    return Placement.objects.select_related("activity", "course").filter(pk=int(placement_id)).first()
+
+
+def _activity_from(custom: dict[str, str], placement: Placement | None) -> Activity | None:
+    activity_id = custom.get(ACTIVITY_PARAM, "")
+    if activity_id.isdigit():
+        activity = Activity.objects.filter(pk=int(activity_id)).first()
+        if activity is not None:
+            return activity
+    return placement.activity if placement else None
+
+
+def _bind_activity(
+    *, verified: VerifiedLaunch, resource_link: LtiResourceLink, course: object
+) -> ActivityLink | None:
+    """Bind the resource link to its catalog activity (first launch), and store its line item."""
+    custom = verified.custom
+    placement = _placement_from(custom)
+    activity = _activity_from(custom, placement)
+    ags_claim = verified.claims.get(AGS_CLAIM)
+    link = ActivityLink.objects.select_related("activity", "placement").filter(resource_link=resource_link).first()
+    if activity is None and link is None:
+        return None
+    # The link is graded when deep linking made it with a line item, or the LMS names one now.
+    graded = bool((ags_claim or {}).get("lineitem")) or bool(placement and placement.graded)
+    if link is None:
+        link = ActivityLink.objects.create(
+            resource_link=resource_link, course=course, activity=activity, placement=placement, graded=graded
+        )
+    elif graded and not link.graded:
+        link.graded = True
+        link.save(update_fields=["graded"])
+    points = placement.score_maximum if placement and placement.score_maximum else link.activity.default_points
+    gradesync_api.record_launch_endpoints(
+        resource_link=resource_link,
+        ags_claim=ags_claim,
+        label=resource_link.title or link.activity.title,
+        score_maximum=Decimal(points),
+        resource_id=str(link.activity_id),
+    )
+    return link
+
+
+@transaction.atomic
+def record_launch(verified: VerifiedLaunch) -> tuple[Launch, ActivityLink | None]:
+    """Write what a verified launch tells us and the Launch the session will be bound to."""
+    lti_launch = LtiLaunch(verified.message_launch)
+    sync_data_from_launch(lti_launch)
+    context = lti_launch.context
+    context_claim = verified.claim("context") or {}
+    custom = verified.custom
+    course = upsert_course_from_launch(
+        context=context,
+        deployment=verified.deployment,
+        institution=verified.deployment.ownership.institution,
+        title=context_claim.get("title") or context_claim.get("label") or "",
+        start_value=custom.get(START_DATE_PARAM),
+        end_value=custom.get(END_DATE_PARAM),
+    )
+    role = role_from_claims(verified.claim("roles") or [])
+    resource_link = None
+    activity_link = None
+    if verified.message_type == RESOURCE_LINK_REQUEST:
+        resource_link = lti_launch.resource_link
+        activity_link = _bind_activity(verified=verified, resource_link=resource_link, course=course)
+    launch = Launch.objects.create(
+        lti_user=lti_launch.user,
+        course=course,
+        deployment=verified.deployment,
+        resource_link=resource_link,
+        role=role,
+        roles=verified.claim("roles") or [],
+        message_type=verified.message_type,
+        deep_linking_settings=verified.claims.get(DL + "deep_linking_settings") or {}
+        if verified.message_type == DEEP_LINKING_REQUEST
+        else {},
+        return_url=verified.return_url[:1000],
+    )
+    return launch, activity_link

@@ -1,0 +1,166 @@
+"""LTI endpoints: OIDC login, launch, and the deep-linking picker. Thin: logic is in services."""
+from __future__ import annotations
+
+import logging
+from decimal import Decimal, InvalidOperation
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.clickjacking import xframe_options_exempt
+from django.views.decorators.csrf import csrf_exempt
+from lti_tool.utils import DjangoToolConfig
+from lti_tool.views import LtiLaunchBaseView, OIDCLoginInitView
+from pylti1p3.contrib.django import DjangoCacheDataStorage, DjangoOIDCLogin
+from pylti1p3.exception import LtiException
+
+from ..models import Activity, ActivityKind, LaunchRole
+from ..sessions import bind_session_to_launch, current_launch
+from .deep_linking import PickedItem, PickRefused, deep_linking_response
+from .services import record_launch
+from .verification import DEEP_LINKING_REQUEST, LaunchRefused, verify_launch
+
+logger = logging.getLogger(__name__)
+
+
+def with_lti_message(return_url: str, *, errormsg: str = "", msg: str = "") -> str:
+    """The LMS's return URL with `lti_errormsg` / `lti_msg` added (LTI Core §5.4.4)."""
+    parts = urlsplit(return_url)
+    query = parse_qsl(parts.query) + [(k, v) for k, v in (("lti_errormsg", errormsg), ("lti_msg", msg)) if v]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def refused(request: HttpRequest, reason: str, *, status: int = 400, return_url: str = "") -> HttpResponse:
+    response = render(
+        request,
+        "courseware/launch/refused.html",
+        {"reason": reason, "return_url": with_lti_message(return_url, errormsg=reason) if return_url else ""},
+        status=status,
+    )
+    return response
+
+
+@method_decorator((csrf_exempt, xframe_options_exempt), name="dispatch")
+class LoginView(OIDCLoginInitView):
+    """OIDC third-party login initiation (GET or POST), for one registration.
+
+    The browser is always sent back to our own launch URL (the registered redirect URI), never
+    to the unsigned `target_link_uri` parameter; where to go next comes from the signed token.
+    """
+
+    def get_oidc_response(self, request, registration_uuid, params):
+        if not params.get("target_link_uri"):
+            return refused(request, "The LMS's login request has no target_link_uri.")
+        try:
+            oidc_login = DjangoOIDCLogin(
+                request, DjangoToolConfig(registration_uuid), launch_data_storage=DjangoCacheDataStorage()
+            )
+            return oidc_login.redirect(request.build_absolute_uri(reverse("lti-launch")))
+        except LtiException as error:
+            reason = {
+                "Could not find issuer": "The LMS's login request names no issuer (iss).",
+                "Could not find login hint": "The LMS's login request has no login_hint.",
+                "Could not find registration details": "This tool is not registered for that LMS and client id.",
+            }.get(str(error), f"The LMS's login request was refused: {error}")
+            return refused(request, reason)
+
+
+@method_decorator((csrf_exempt, xframe_options_exempt), name="dispatch")
+class LaunchView(LtiLaunchBaseView):
+    """The LTI launch: verify everything (verification.py), then write (services.py)."""
+
+    def get(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        return refused(request, "This address receives LTI launches from an LMS; open the activity from your course.", status=405)
+
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            verified = verify_launch(request)
+        except LaunchRefused as refusal:
+            logger.info("launch refused: %s", refusal.reason)
+            if refusal.return_url:
+                return HttpResponseRedirect(with_lti_message(refusal.return_url, errormsg=refusal.reason))
+            return refused(request, refusal.reason, status=refusal.status)
+        launch, activity_link = record_launch(verified)
+        bind_session_to_launch(request, launch)
+        if launch.message_type == DEEP_LINKING_REQUEST:
+            if not launch.is_instructor:
+                return refused(request, "Only instructors can add activities to a course.", status=403, return_url=launch.return_url)
+            return HttpResponseRedirect(reverse("lti-pick"))
+        if activity_link is not None:
+            return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": activity_link.pk}))
+        if launch.is_instructor:
+            return HttpResponseRedirect(reverse("courseware:schedule"))
+        return refused(
+            request,
+            "This link is not connected to an activity. Ask your instructor to add it again from the tool.",
+            status=404,
+            return_url=launch.return_url,
+        )
+
+
+def _picks_from(post, activities: dict[int, Activity]) -> list[PickedItem]:
+    picks = []
+    for raw_id in post.getlist("activity"):
+        activity = activities.get(int(raw_id)) if raw_id.isdigit() else None
+        if activity is None:
+            raise PickRefused("One of the chosen activities is not in the catalog any more; reload the page.")
+        graded = post.get(f"graded-{activity.pk}") == "on"
+        points = None
+        if graded:
+            try:
+                points = Decimal(post.get(f"points-{activity.pk}", ""))
+            except InvalidOperation:
+                raise PickRefused(f"Points for “{activity.title}” must be a number greater than 0.")
+        picks.append(PickedItem(activity=activity, graded=graded, points=points))
+    return picks
+
+
+@xframe_options_exempt
+def pick(request: HttpRequest) -> HttpResponse:
+    """The deep-linking picker: the catalog by section; the instructor chooses and returns to the LMS."""
+    launch = current_launch(request)
+    if launch is None or launch.message_type != DEEP_LINKING_REQUEST or launch.role != LaunchRole.INSTRUCTOR:
+        return refused(request, "Open the activity picker from your LMS course (“Add activity from tool”).", status=403)
+    settings = launch.deep_linking_settings
+    catalog = list(Activity.objects.filter(is_published=True).order_by("position", "id"))
+    error = ""
+    if request.method == "POST":
+        try:
+            picks = _picks_from(request.POST, {a.pk: a for a in catalog})
+            token = deep_linking_response(
+                launch=launch,
+                registration=launch.deployment.registration,
+                picks=picks,
+                launch_url=request.build_absolute_uri(reverse("lti-launch")),
+            )
+        except PickRefused as refusal:
+            error = str(refusal)
+        else:
+            return render(
+                request,
+                "courseware/launch/deep_link_return.html",
+                {"return_url": settings["deep_link_return_url"], "jwt": token, "count": len(picks)},
+            )
+    sections: list[dict] = []
+    for activity in catalog:
+        if activity.kind == ActivityKind.SECTION_HEADER or not sections:
+            sections.append({"header": activity if activity.kind == ActivityKind.SECTION_HEADER else None, "items": []})
+            if activity.kind == ActivityKind.SECTION_HEADER:
+                continue
+        sections[-1]["items"].append(activity)
+    return render(
+        request,
+        "courseware/launch/picker.html",
+        {
+            "launch": launch,
+            "sections": sections,
+            "error": error,
+            "accept_multiple": settings.get("accept_multiple") is not False,
+            "accept_lineitem": settings.get("accept_lineitem") is not False,
+            "selected": set(request.POST.getlist("activity")) if request.method == "POST" else set(),
+        },
+        status=400 if error else 200,
+    )
