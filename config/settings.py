@@ -150,3 +150,17 @@ LOGGING = {
 # request is not at hand (management commands). Views use the request's own host.
 TOOL_BASE_URL = env("TOOL_BASE_URL", default="http://127.0.0.1:8000")
 TOOL_TITLE = env("TOOL_TITLE", default="Courseware Grade Sync")
+
+# Grade delivery (AGS).
+AGS_CONNECT_TIMEOUT_SECONDS = env.float("AGS_CONNECT_TIMEOUT_SECONDS", default=3.05)
+AGS_READ_TIMEOUT_SECONDS = env.float("AGS_READ_TIMEOUT_SECONDS", default=10.0)
+AGS_HTTP_POOL_SIZE = env.int("AGS_HTTP_POOL_SIZE", default=64)
+# Give up retrying a grade after this long; it then stands visibly as failed ("dead").
+GRADE_DELIVERY_GIVE_UP_HOURS = env.int("GRADE_DELIVERY_GIVE_UP_HOURS", default=72)
+# The sweeper re-queues deliveries still pending after this many seconds (lost broker messages).
+GRADE_DELIVERY_REQUEUE_AFTER_SECONDS = env.int("GRADE_DELIVERY_REQUEUE_AFTER_SECONDS", default=30)
+GRADE_SWEEP_INTERVAL_SECONDS = env.float("GRADE_SWEEP_INTERVAL_SECONDS", default=15.0)
+CELERY_TASK_ROUTES = {"gradesync.deliver_grade": {"queue": "grades"}, "gradesync.*": {"queue": "grades"}}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-grade-deliveries": {"task": "gradesync.sweep_deliveries", "schedule": GRADE_SWEEP_INTERVAL_SECONDS},
+}

@@ -1,7 +1,7 @@
 """The door into grade sync. Other apps call only what is here.
 
 `record_result` is called by courseware when an attempt is scored, inside the attempt's
-transaction, so the result and (later) its delivery row commit together or not at all.
+transaction, so the result and its delivery row commit together or not at all.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lti_tool.models import LtiDeployment, LtiLineItem, LtiResourceLink, LtiUser
 
 from institutions.models import Course
 
+from . import services
 from .models import Result
 
 
@@ -42,26 +43,31 @@ def record_result(
     score: Decimal,
     completed_at: datetime.datetime,
     launch: LaunchFacts,
+    link_graded: bool | None = None,
 ) -> Result:
-    """Record a finished attempt's result (a fraction 0–1) in grade sync's ledger. Idempotent on `source_ref`."""
+    """Record a finished attempt's result (a fraction 0–1). Idempotent on `source_ref`.
+
+    Call it inside the attempt's transaction. When the result is eligible, the grade the
+    institution's policy picks is written to the delivery outbox in the same transaction and
+    queued for the LMS after commit. `link_graded`: whether the link was placed graded
+    (None: judge by whether a line item is bound to it).
+    """
     if not (0 <= score <= 1):
         raise ValueError(f"score must be a fraction between 0 and 1, not {score}")
-    result, _created = Result.objects.get_or_create(
+    return services.record_result(
         source_ref=source_ref,
-        defaults={
-            "lti_user": lti_user,
-            "course": course,
-            "activity_key": activity_key,
-            "activity_title": activity_title,
-            "resource_link": resource_link,
-            "score": score,
-            "completed_at": completed_at,
-            "launch_role": launch.role,
-            "launched_course": launch.course,
-            "launch_deployment": launch.deployment,
-        },
+        lti_user=lti_user,
+        course=course,
+        activity_key=activity_key,
+        activity_title=activity_title,
+        resource_link=resource_link,
+        score=score,
+        completed_at=completed_at,
+        launch_role=launch.role,
+        launched_course=launch.course,
+        launch_deployment=launch.deployment,
+        link_graded=link_graded,
     )
-    return result
 
 
 def record_launch_endpoints(

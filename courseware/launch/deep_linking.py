@@ -5,7 +5,6 @@ certification suites flag. Optional fields are left out, never null.
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ from typing import Any
 
 import jwt
 from django.db import transaction
-from jwcrypto.jwk import JWK
-from lti_tool.models import Key, LtiRegistration
+from lti_tool.models import LtiRegistration
+
+from institutions.keys import tool_signing_key
 
 from ..models import Activity, ActivityKind, Launch, Placement
 from .services import ACTIVITY_PARAM, PLACEMENT_PARAM
@@ -33,15 +33,6 @@ class PickedItem:
     activity: Activity
     graded: bool
     points: Decimal | None
-
-
-def tool_signing_key(registration: LtiRegistration) -> tuple[str, str]:
-    """(private key PEM, kid) this tool signs with for the registration (django-lti's choice)."""
-    if registration.has_key:
-        public = JWK.from_pem(registration.public_key.encode())
-        return registration.private_key, json.loads(public.export_public()).get("kid") or public.thumbprint()
-    key = Key.objects.active().latest()
-    return key.private_key, key.as_jwk()["kid"]
 
 
 def validate_picks(settings: dict[str, Any], picks: list[PickedItem]) -> None:

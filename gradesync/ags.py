@@ -1,0 +1,209 @@
+"""The AGS client: OAuth2 tokens shared by all workers, scores and line items over one pooled Session.
+
+Tokens: client credentials with a signed JWT assertion (Security Framework §4.1), cached per
+(registration, scopes) in the shared cache with an expiry margin. A cache lock lets one process
+fetch while the others wait, so a cold start of many workers asks the LMS for one token.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import jwt
+import requests
+from django.conf import settings
+from django.core.cache import cache
+from lti_tool.models import LtiRegistration
+from requests.adapters import HTTPAdapter
+
+from institutions.keys import tool_signing_key
+
+SCORE_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
+LINEITEM_READ_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
+SCORE_CONTENT_TYPE = "application/vnd.ims.lis.v1.score+json"
+LINEITEM_CONTAINER_TYPE = "application/vnd.ims.lis.v2.lineitemcontainer+json"
+TOKEN_EXPIRY_MARGIN_SECONDS = 120
+ASSERTION_LIFETIME_SECONDS = 300
+TOKEN_LOCK_SECONDS = 15
+USER_AGENT = "CoursewareGradeSync/1.0 (+LTI 1.3 AGS)"
+
+_local = threading.local()
+_session_lock = threading.Lock()
+_session: requests.Session | None = None
+
+
+class AgsError(Exception):
+    """No HTTP answer at all (timeout, connection refused or dropped)."""
+
+
+class TokenError(Exception):
+    """The LMS's token endpoint refused or answered nonsense."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def http_session() -> requests.Session:
+    """One pooled Session per worker process, sized for the thread pool (urllib3 is thread-safe here)."""
+    global _session
+    if _session is None:
+        with _session_lock:
+            if _session is None:
+                session = requests.Session()
+                adapter = HTTPAdapter(pool_connections=32, pool_maxsize=settings.AGS_HTTP_POOL_SIZE, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                session.headers["User-Agent"] = USER_AGENT
+                _session = session
+    return _session
+
+
+def timeouts() -> tuple[float, float]:
+    return (settings.AGS_CONNECT_TIMEOUT_SECONDS, settings.AGS_READ_TIMEOUT_SECONDS)
+
+
+# --- Tokens -------------------------------------------------------------------------------------
+
+
+def _token_cache_key(registration: LtiRegistration, scopes: tuple[str, ...]) -> str:
+    digest = hashlib.sha1(" ".join(sorted(scopes)).encode()).hexdigest()[:16]
+    return f"ags-token:{registration.pk}:{digest}"
+
+
+def build_client_assertion(registration: LtiRegistration, deployment_id: str) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": registration.client_id,
+        "sub": registration.client_id,
+        "aud": registration.audience or registration.token_url,
+        "iat": now,
+        "exp": now + ASSERTION_LIFETIME_SECONDS,
+        "jti": uuid.uuid4().hex,
+        "https://purl.imsglobal.org/spec/lti/claim/deployment_id": deployment_id,
+    }
+    private_key, kid = tool_signing_key(registration)
+    return jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": kid})
+
+
+def _fetch_token(registration: LtiRegistration, scopes: tuple[str, ...], deployment_id: str) -> tuple[str, int]:
+    data = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": build_client_assertion(registration, deployment_id),
+        "scope": " ".join(scopes),
+    }
+    try:
+        response = http_session().post(registration.token_url, data=data, timeout=timeouts())
+    except requests.RequestException as error:
+        raise AgsError(f"token endpoint unreachable: {error}") from error
+    try:
+        # Moodle answers with a text/html content type: parse the body as JSON whatever it says.
+        body = json.loads(response.text)
+    except ValueError:
+        body = None
+    if response.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
+        raise TokenError(f"token endpoint answered {response.status_code}: {response.text[:300]}", response.status_code)
+    return body["access_token"], int(body.get("expires_in") or 3600)
+
+
+def access_token(
+    registration: LtiRegistration, scopes: tuple[str, ...], *, deployment_id: str, rejected: str | None = None
+) -> str:
+    """A valid token for the scopes, shared by every worker.
+
+    `rejected`: a token the LMS just answered 401 to. A new one is fetched only if the cache still
+    holds that one (another worker may already have replaced it).
+    """
+    key = _token_cache_key(registration, scopes)
+    deadline = time.monotonic() + TOKEN_LOCK_SECONDS
+    while True:
+        cached = cache.get(key)
+        if cached and cached != rejected:
+            return cached
+        if cache.add(f"{key}:lock", 1, TOKEN_LOCK_SECONDS):
+            try:
+                cached = cache.get(key)
+                if cached and cached != rejected:
+                    return cached
+                token, expires_in = _fetch_token(registration, scopes, deployment_id)
+                cache.set(key, token, max(expires_in - TOKEN_EXPIRY_MARGIN_SECONDS, 30))
+                return token
+            finally:
+                cache.delete(f"{key}:lock")
+        if time.monotonic() > deadline:
+            token, expires_in = _fetch_token(registration, scopes, deployment_id)
+            cache.set(key, token, max(expires_in - TOKEN_EXPIRY_MARGIN_SECONDS, 30))
+            return token
+        time.sleep(0.02)
+
+
+# --- Scores and line items ----------------------------------------------------------------------
+
+
+def scores_url(line_item_url: str) -> str:
+    """`{line item}/scores`, keeping the line item's query string (Moodle's `?type_id=`)."""
+    parts = urlsplit(line_item_url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/scores", parts.query, parts.fragment))
+
+
+def score_timestamp(moment: datetime.datetime) -> str:
+    """ISO 8601 with microseconds and a timezone, as AGS requires."""
+    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    body: str
+    headers: dict[str, str]
+    duration_ms: int
+
+
+def post_score(*, line_item_url: str, token: str, payload: dict[str, Any]) -> Answer:
+    started = time.monotonic()
+    try:
+        response = http_session().post(
+            scores_url(line_item_url),
+            data=json.dumps(payload),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": SCORE_CONTENT_TYPE},
+            timeout=timeouts(),
+        )
+    except requests.RequestException as error:
+        raise AgsError(f"{type(error).__name__}: {error}") from error
+    return Answer(
+        response.status_code, response.text[:2000], dict(response.headers), int((time.monotonic() - started) * 1000)
+    )
+
+
+def find_line_items(*, lineitems_url: str, token: str, **filters: str) -> list[dict[str, Any]]:
+    """Line items of a course matching the filters, following `Link: rel="next"` pagination."""
+    items: list[dict[str, Any]] = []
+    url: str | None = lineitems_url
+    params: dict[str, str] | None = {k: v for k, v in filters.items() if v}
+    pages = 0
+    while url and pages < 50:
+        try:
+            response = http_session().get(
+                url,
+                params=params,
+                headers={"Authorization": f"Bearer {token}", "Accept": LINEITEM_CONTAINER_TYPE},
+                timeout=timeouts(),
+            )
+        except requests.RequestException as error:
+            raise AgsError(f"{type(error).__name__}: {error}") from error
+        if response.status_code != 200:
+            raise TokenError(f"line items answered {response.status_code}: {response.text[:300]}", response.status_code)
+        page = response.json()
+        items.extend(page if isinstance(page, list) else [])
+        url = response.links.get("next", {}).get("url")
+        params = None  # the next link carries its own query
+        pages += 1
+    return items

@@ -1,0 +1,499 @@
+"""Grade sync: from a recorded result to a score in the LMS gradebook.
+
+record_result   ledger row + eligibility + policy + outbox row, in the caller's transaction;
+                the task is queued after commit with the delivery's id.
+deliver         claim one delivery with a conditional UPDATE, send it (no lock held during
+                HTTP), classify the answer, record the exchange and the outcome.
+sweep           the safety net: re-queue what is due or was lost, reclaim what a dead worker
+                held, give up on what has failed for too long.
+"""
+from __future__ import annotations
+
+import datetime
+import email.utils
+import logging
+import random
+import re
+import time
+from decimal import Decimal
+from typing import Callable
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max, Q
+from django.utils import timezone
+from lti_tool.models import LtiLineItem, LtiResourceLink, LtiUser
+
+from institutions.models import Course, LmsFamily
+
+from . import ags
+from .eligibility import bound_line_item, check_result, first_failure
+from .models import OPEN_STATUSES, Delivery, DeliveryExchange, DeliveryStatus, Result, SyncWarning
+from .outcomes import Outcome, classify
+from .policy import policy_result
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE_SECONDS = 2
+BACKOFF_CAP_SECONDS = 600
+STALE_CLAIM_SECONDS = 300
+MAX_CLAIMS_WITHOUT_ANSWER = 8
+IN_FLIGHT_SLOT_SECONDS = 60
+IN_FLIGHT_WAIT_SECONDS = 5.0
+CANVAS_SUBMISSION = "https://canvas.instructure.com/lti/submission"
+
+
+def enqueue_delivery(delivery_id: int, *, resync: bool = False) -> None:
+    from .tasks import deliver_grade
+
+    deliver_grade.apply_async(args=[delivery_id], queue="resync" if resync else "grades")
+
+
+def _enqueue_on_commit(delivery_id: int, *, resync: bool = False) -> None:
+    # robust: a broker outage must not break the request; the sweeper picks the row up.
+    transaction.on_commit(lambda: enqueue_delivery(delivery_id, resync=resync), robust=True)
+
+
+# --- Recording --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def record_result(
+    *,
+    source_ref: str,
+    lti_user: LtiUser | None,
+    course: Course,
+    activity_key: str,
+    activity_title: str,
+    resource_link: LtiResourceLink | None,
+    score: Decimal,
+    completed_at: datetime.datetime,
+    launch_role: str,
+    launched_course: Course | None,
+    launch_deployment,
+    link_graded: bool | None,
+) -> Result:
+    result, created = Result.objects.get_or_create(
+        source_ref=source_ref,
+        defaults={
+            "lti_user": lti_user,
+            "course": course,
+            "activity_key": activity_key,
+            "activity_title": activity_title,
+            "resource_link": resource_link,
+            "score": score,
+            "completed_at": completed_at,
+            "launch_role": launch_role,
+            "launched_course": launched_course,
+            "launch_deployment": launch_deployment,
+            "link_graded": link_graded,
+        },
+    )
+    if not created:
+        return result
+    failure = first_failure(check_result(result, course=course))
+    result.is_eligible = failure is None and lti_user is not None
+    result.ineligible_reason = f"{failure.title}: {failure.fact}" if failure else ""
+    result.save(update_fields=["is_eligible", "ineligible_reason"])
+    if result.is_eligible:
+        plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=resource_link)
+    return result
+
+
+def _line_item_for(course: Course, activity_key: str, resource_link: LtiResourceLink | None) -> LtiLineItem | None:
+    """The line item to deliver to; warns support when one activity has several in a course."""
+    candidates = list(
+        LtiLineItem.objects.filter(context_id=course.context_id)
+        .filter(Q(resource_link=resource_link) | Q(resource_id=activity_key))
+        .order_by("-id")
+    )
+    if len({c.url for c in candidates}) > 1:
+        SyncWarning.objects.update_or_create(
+            course=course,
+            activity_key=activity_key,
+            kind="duplicate_line_items",
+            defaults={
+                "message": f"{len(candidates)} LMS line items in this course point at one activity: "
+                + ", ".join(c.label for c in candidates)
+                + ". Grades go to the one bound to the launched link; remove the extra column in the LMS."
+            },
+        )
+    bound = [c for c in candidates if resource_link is not None and c.resource_link_id == resource_link.pk]
+    return (bound or candidates or [None])[0]
+
+
+def plan_delivery(
+    *,
+    course: Course,
+    lti_user: LtiUser,
+    activity_key: str,
+    resource_link: LtiResourceLink | None,
+    resync: bool = False,
+    policy: str | None = None,
+) -> Delivery | None:
+    """Write (or update) the open delivery of the policy's grade; queue it after commit.
+
+    Returns None when there is nothing to send: no eligible result, or the LMS already holds
+    exactly this grade from a live sync (a resync always sends).
+    """
+    policy = policy or course.institution.grade_policy
+    chosen = policy_result(course_id=course.pk, lti_user_id=lti_user.pk, activity_key=activity_key, policy=policy)
+    if chosen is None:
+        return None
+    link = resource_link or (LtiResourceLink.objects.filter(pk=chosen.resource_link_id).first())
+    line_item = _line_item_for(course, activity_key, link)
+    pair = Q(line_item=line_item) if line_item is not None else Q(line_item__isnull=True, resource_link=link)
+    pair_rows = Delivery.objects.filter(pair, lti_user=lti_user)
+    open_row = pair_rows.filter(status__in=OPEN_STATUSES).select_for_update().first()
+    now = timezone.now()
+    if open_row is not None:
+        if open_row.result_id != chosen.pk or open_row.score != chosen.score or (resync and not open_row.is_resync):
+            Delivery.objects.filter(pk=open_row.pk).update(
+                result=chosen,
+                score=chosen.score,
+                version=F("version") + 1,
+                is_resync=open_row.is_resync or resync,
+                recorded_at=now,
+                next_attempt_at=now,
+                status=_status_after_new_grade(open_row.status),
+            )
+        _enqueue_on_commit(open_row.pk, resync=resync)
+        return open_row
+    if not resync:
+        last_sent = pair_rows.filter(status=DeliveryStatus.SENT).order_by("-id").only("score").first()
+        if last_sent is not None and last_sent.score == chosen.score:
+            return None
+    try:
+        with transaction.atomic():
+            delivery = Delivery.objects.create(
+                result=chosen,
+                course=course,
+                institution=course.institution,
+                registration_id=course.deployment.registration_id,
+                deployment=course.deployment,
+                lti_user=lti_user,
+                resource_link=link,
+                line_item=line_item,
+                activity_key=activity_key,
+                score=chosen.score,
+                is_resync=resync,
+                recorded_at=now,
+                next_attempt_at=now,
+            )
+    except IntegrityError:
+        # Another transaction opened the row first: update that one instead.
+        return plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=link, resync=resync, policy=policy)
+    _enqueue_on_commit(delivery.pk, resync=resync)
+    return delivery
+
+
+def _status_after_new_grade(status: str) -> str:
+    # A row in flight keeps SENDING: the sender sees the new version and sends again.
+    return status if status == DeliveryStatus.SENDING else DeliveryStatus.PENDING
+
+
+# --- Delivering -------------------------------------------------------------------------------
+
+
+def _claim(delivery_id: int, now: datetime.datetime) -> bool:
+    """One conditional UPDATE: of all the workers that got this id, exactly one wins."""
+    return (
+        Delivery.objects.filter(
+            pk=delivery_id, status__in=[DeliveryStatus.PENDING, DeliveryStatus.RETRYING], next_attempt_at__lte=now
+        ).update(status=DeliveryStatus.SENDING, claimed_at=now, attempts=F("attempts") + 1)
+        == 1
+    )
+
+
+def _backoff_seconds(attempts: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(max(retry_after, 1.0), 3600.0)
+    # Full jitter (AWS): uniform in [0, min(cap, base * 2^n)], at least one second.
+    return max(1.0, random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0))))
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max((when - timezone.now()).total_seconds(), 0.0)
+
+
+_CANVAS_LAST_UPDATED = re.compile(r"last updated timestamp of (\S+)")
+
+
+def _next_timestamp(delivery: Delivery, lms_family: str, *, after: datetime.datetime | None = None) -> datetime.datetime:
+    """Strictly later than anything sent for this (line item, user); Moodle compares whole seconds."""
+    last = after
+    if delivery.line_item_id is not None:
+        sent = (
+            Delivery.objects.filter(line_item_id=delivery.line_item_id, lti_user_id=delivery.lti_user_id)
+            .aggregate(last=Max("last_timestamp"))["last"]
+        )
+        if sent and (last is None or sent > last):
+            last = sent
+    now = timezone.now()
+    if last is None or now > last + datetime.timedelta(milliseconds=1):
+        candidate = now
+    else:
+        candidate = last + datetime.timedelta(milliseconds=1)
+    if lms_family == LmsFamily.MOODLE and last is not None and candidate.replace(microsecond=0) <= last.replace(microsecond=0):
+        candidate = last.replace(microsecond=0) + datetime.timedelta(seconds=1)
+    return candidate
+
+
+class InFlightLimit:
+    """At most N requests in flight to one registration, across all workers (slots in the shared cache)."""
+
+    def __init__(self, registration_id: int, limit: int) -> None:
+        self.keys = [f"ags-inflight:{registration_id}:{slot}" for slot in range(max(limit, 1))]
+        self.held: str | None = None
+
+    def acquire(self, wait_seconds: float = IN_FLIGHT_WAIT_SECONDS) -> bool:
+        from django.core.cache import cache
+
+        deadline = timezone.now() + datetime.timedelta(seconds=wait_seconds)
+        delay = 0.002
+        while True:
+            for key in random.sample(self.keys, len(self.keys)):
+                if cache.add(key, 1, IN_FLIGHT_SLOT_SECONDS):
+                    self.held = key
+                    return True
+            if timezone.now() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def release(self) -> None:
+        from django.core.cache import cache
+
+        if self.held:
+            cache.delete(self.held)
+            self.held = None
+
+
+def _resolve_line_item(delivery: Delivery, token_for: Callable[[tuple[str, ...]], str]) -> LtiLineItem | None:
+    """Find the line item on the LMS by resource_link_id, resource_id, then tag. Never creates one."""
+    context = delivery.course.context
+    if not context.lineitems_url:
+        return None
+    token = token_for((ags.LINEITEM_READ_SCOPE,))
+    link_id = delivery.resource_link.id_on_platform if delivery.resource_link else ""
+    for filters in ({"resource_link_id": link_id}, {"resource_id": delivery.activity_key}):
+        if not next(iter(filters.values())):
+            continue
+        items = ags.find_line_items(lineitems_url=context.lineitems_url, token=token, **filters)
+        if items:
+            item = items[0]
+            line_item, _ = LtiLineItem.objects.update_or_create(
+                url=item["id"],
+                defaults={
+                    "context": context,
+                    "resource_link": delivery.resource_link if filters.get("resource_link_id") else None,
+                    "label": (item.get("label") or delivery.result.activity_title or "Activity")[:255],
+                    "maximum_score": float(item.get("scoreMaximum") or 1),
+                    "resource_id": item.get("resourceId") or "",
+                    "tag": item.get("tag") or "",
+                },
+            )
+            return line_item
+    return None
+
+
+def deliver(delivery_id: int) -> str:
+    """Send one delivery. Idempotent: returns quietly when the row is gone, done, or claimed elsewhere."""
+    now = timezone.now()
+    if not _claim(delivery_id, now):
+        return "not claimed"
+    delivery = Delivery.objects.select_related(
+        "registration__profile", "deployment", "lti_user", "line_item", "course__context", "resource_link", "result"
+    ).get(pk=delivery_id)
+    registration = delivery.registration
+    profile = getattr(registration, "profile", None)
+    lms_family = profile.lms_family if profile else LmsFamily.OTHER
+    limit = InFlightLimit(registration.pk, profile.max_requests_in_flight if profile else 4)
+    if not limit.acquire():
+        # Every slot of this LMS is busy: give the row back, due at once; it is re-queued.
+        Delivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.SENDING).update(
+            status=DeliveryStatus.PENDING, attempts=F("attempts") - 1, next_attempt_at=timezone.now()
+        )
+        enqueue_delivery(delivery.pk, resync=delivery.is_resync)
+        return "busy"
+    try:
+        return _send(delivery, lms_family)
+    finally:
+        limit.release()
+
+
+def _send(delivery: Delivery, lms_family: str) -> str:
+    registration = delivery.registration
+    deployment_id = delivery.deployment.deployment_id
+    tokens: dict[tuple[str, ...], str] = {}
+
+    def token_for(scopes: tuple[str, ...], rejected: str | None = None) -> str:
+        tokens[scopes] = ags.access_token(registration, scopes, deployment_id=deployment_id, rejected=rejected)
+        return tokens[scopes]
+
+    try:
+        if delivery.line_item is None:
+            line_item = _resolve_line_item(delivery, token_for)
+            if line_item is None:
+                return _finish(delivery, Outcome.RETRY, None, "No line item for this link in the LMS yet; "
+                               "it binds at the next launch of the link.", advice_retry_after=300)
+            try:
+                Delivery.objects.filter(pk=delivery.pk).update(line_item=line_item)
+            except IntegrityError:
+                return _finish(delivery, Outcome.REFUSED, None, "Another open delivery exists for this line item.")
+            delivery.line_item = line_item
+        version = delivery.version
+        score_scope = (ags.SCORE_SCOPE,)
+        token = token_for(score_scope)
+        refreshed = stale_resent = False
+        after: datetime.datetime | None = None
+        while True:
+            timestamp = _next_timestamp(delivery, lms_family, after=after)
+            maximum = delivery.line_item.maximum_score or 1.0
+            payload = {
+                "userId": delivery.lti_user.sub,
+                "scoreGiven": round(float(delivery.score) * maximum, 4),
+                "scoreMaximum": maximum,
+                "activityProgress": "Completed",
+                "gradingProgress": "FullyGraded",
+                "timestamp": ags.score_timestamp(timestamp),
+            }
+            if lms_family == LmsFamily.CANVAS and delivery.is_resync:
+                # A resync must not count as a new submission against Canvas's Allowed Attempts.
+                payload[CANVAS_SUBMISSION] = {"new_submission": False}
+            answer = ags.post_score(line_item_url=delivery.line_item.url, token=token, payload=payload)
+            verdict = classify(lms_family, answer.status_code, answer.body)
+            _exchange(delivery, answer.status_code, verdict.outcome, answer.body, answer.duration_ms, payload, timestamp)
+            if verdict.outcome == Outcome.REFRESH and not refreshed:
+                refreshed = True
+                token = token_for(score_scope, rejected=token)
+                continue
+            if verdict.outcome == Outcome.STALE and not stale_resent:
+                stale_resent = True
+                match = _CANVAS_LAST_UPDATED.search(answer.body)
+                after = _parse_lms_timestamp(match.group(1)) if match else timestamp
+                if lms_family == LmsFamily.MOODLE or after is None:
+                    after = (after or timestamp) + datetime.timedelta(seconds=1)
+                continue
+            outcome = Outcome.RETRY if verdict.outcome == Outcome.REFRESH else verdict.outcome
+            if outcome == Outcome.STALE:
+                outcome = Outcome.REFUSED
+            return _finish(
+                delivery, outcome, answer.status_code, _lms_message(answer.body, verdict.advice),
+                sent_timestamp=timestamp, version=version, retry_after=_retry_after(answer.headers),
+            )
+    except ags.TokenError as error:
+        outcome = Outcome.REFUSED if error.status_code in (400, 401, 403) else Outcome.RETRY
+        _exchange(delivery, error.status_code, outcome, str(error), 0, None, None)
+        return _finish(delivery, outcome, error.status_code, f"Token refused by the LMS: {error}")
+    except ags.AgsError as error:
+        _exchange(delivery, None, Outcome.RETRY, str(error), 0, None, None)
+        return _finish(delivery, Outcome.RETRY, None, f"No answer from the LMS: {error}")
+
+
+def _parse_lms_timestamp(text: str) -> datetime.datetime | None:
+    try:
+        parsed = datetime.datetime.fromisoformat(text.rstrip(".,").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def _lms_message(body: str, advice: str) -> str:
+    text = (body or "").strip()
+    return f"{advice} LMS said: {text[:500]}" if advice and text else (advice or text[:500])
+
+
+def _exchange(delivery, status_code, outcome, body, duration_ms, payload, timestamp) -> None:
+    DeliveryExchange.objects.create(
+        delivery=delivery,
+        status_code=status_code,
+        outcome=str(outcome),
+        message=(body or "")[:2000],
+        duration_ms=duration_ms,
+        score_given=payload["scoreGiven"] if payload else None,
+        score_maximum=payload["scoreMaximum"] if payload else None,
+        timestamp_sent=timestamp,
+    )
+
+
+def _finish(
+    delivery: Delivery,
+    outcome: Outcome,
+    status_code: int | None,
+    message: str,
+    *,
+    sent_timestamp: datetime.datetime | None = None,
+    version: int | None = None,
+    retry_after: float | None = None,
+    advice_retry_after: float | None = None,
+) -> str:
+    now = timezone.now()
+    fields: dict[str, object] = {"last_status_code": status_code, "last_message": message, "claimed_at": None}
+    if sent_timestamp is not None and outcome == Outcome.SENT:
+        fields["last_timestamp"] = sent_timestamp
+    if outcome == Outcome.SENT:
+        # Sent — unless a newer grade arrived while we were sending: then send that one too.
+        updated = Delivery.objects.filter(pk=delivery.pk, version=version).update(
+            status=DeliveryStatus.SENT, sent_at=now, next_attempt_at=None, **fields
+        )
+        if updated:
+            return "sent"
+        Delivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING, next_attempt_at=now, **fields)
+        enqueue_delivery(delivery.pk, resync=delivery.is_resync)
+        return "superseded while sending"
+    if outcome == Outcome.REFUSED:
+        Delivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.REFUSED, next_attempt_at=None, **fields)
+        return "refused"
+    give_up_at = delivery.created_at + datetime.timedelta(hours=settings.GRADE_DELIVERY_GIVE_UP_HOURS)
+    if now >= give_up_at:
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=DeliveryStatus.DEAD, next_attempt_at=None, **{**fields, "last_message": f"Gave up after "
+            f"{settings.GRADE_DELIVERY_GIVE_UP_HOURS} h. Last: {message}"}
+        )
+        return "dead"
+    wait = _backoff_seconds(delivery.attempts, retry_after if retry_after is not None else advice_retry_after)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status=DeliveryStatus.RETRYING, next_attempt_at=now + datetime.timedelta(seconds=wait), **fields
+    )
+    return "retrying"
+
+
+# --- Safety net -------------------------------------------------------------------------------
+
+
+def sweep(*, batch: int = 2000) -> dict[str, int]:
+    """Re-queue due and lost deliveries; reclaim rows held by dead workers; give up on poison rows."""
+    now = timezone.now()
+    counts = {"reclaimed": 0, "dead": 0, "requeued": 0}
+    stale = Delivery.objects.filter(
+        status=DeliveryStatus.SENDING, claimed_at__lt=now - datetime.timedelta(seconds=STALE_CLAIM_SECONDS)
+    )
+    counts["dead"] += stale.filter(attempts__gte=MAX_CLAIMS_WITHOUT_ANSWER).update(
+        status=DeliveryStatus.DEAD,
+        next_attempt_at=None,
+        last_message="Gave up: sending this grade kept stopping the worker without an answer.",
+    )
+    counts["reclaimed"] = stale.update(status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None)
+    lost_before = now - datetime.timedelta(seconds=settings.GRADE_DELIVERY_REQUEUE_AFTER_SECONDS)
+    due = list(
+        Delivery.objects.filter(
+            Q(status=DeliveryStatus.RETRYING, next_attempt_at__lte=now)
+            | Q(status=DeliveryStatus.PENDING, next_attempt_at__lte=lost_before)
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", "is_resync")[:batch]
+    )
+    for delivery_id, is_resync in due:
+        enqueue_delivery(delivery_id, resync=is_resync)
+    counts["requeued"] = len(due)
+    return counts

@@ -1,0 +1,17 @@
+"""Celery tasks: thin, named, idempotent; they take ids and call services."""
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import services
+
+
+@shared_task(name="gradesync.deliver_grade", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def deliver_grade(delivery_id: int) -> str:
+    """Send one delivery. Safe to run twice: only the worker whose claim succeeds sends."""
+    return services.deliver(delivery_id)
+
+
+@shared_task(name="gradesync.sweep_deliveries", ignore_result=True)
+def sweep_deliveries() -> dict[str, int]:
+    return services.sweep()
