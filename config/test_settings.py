@@ -6,3 +6,7 @@ os.environ.setdefault("SANDBOX_LMS", "True")
 from .settings import *  # noqa: E402,F401,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Tasks run in-process in tests unless a test starts a real worker (tests/conftest.py's
+# `celery_worker` fixture switches the app to the broker for its duration).
+CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER_OVERRIDE", "1") == "1"

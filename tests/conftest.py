@@ -50,3 +50,68 @@ def client_for(client, staff_user):
 
 
 ROLES = [SUPPORT, INTEGRATION, READ_ONLY]
+
+
+def _real_services_configured() -> bool:
+    from django.conf import settings
+
+    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql") and settings.CELERY_BROKER_URL.startswith(
+        "redis://"
+    )
+
+
+@pytest.fixture
+def celery_worker(live_server, transactional_db):
+    """A real Celery worker process (thread pool) on the real broker, against the test database.
+
+    Needs PostgreSQL and Redis (CI has both); skipped on the embedded SQLite defaults.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from django.conf import settings
+    from django.db import connection
+
+    from config.celery import app
+
+    if not _real_services_configured():
+        pytest.skip("needs PostgreSQL and Redis (set DATABASE_URL and CELERY_BROKER_URL)")
+    db = connection.settings_dict
+    database_url = f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "config.test_settings",
+        "CELERY_TASK_ALWAYS_EAGER_OVERRIDE": "0",
+    }
+    queue_suffix = f"{os.getpid()}"
+    app.control.purge()
+    celery = Path(sys.executable).parent / "celery"
+    process = subprocess.Popen(
+        [str(celery), "-A", "config", "worker", "--pool=threads", "--concurrency=8", "-Q", "grades,resync",
+         "--loglevel=WARNING", "--without-gossip", "--without-mingle", "-n", f"test-{queue_suffix}@%h"],
+        env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        replies = app.control.ping(timeout=0.5)
+        if any(name.startswith(f"test-{queue_suffix}@") for reply in replies for name in reply):
+            break
+        if process.poll() is not None:
+            raise RuntimeError("celery worker exited: " + (process.stdout.read() if process.stdout else ""))
+    else:
+        process.kill()
+        raise RuntimeError("celery worker did not start in 30 s")
+    yield process
+    app.conf.task_always_eager = previous
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
