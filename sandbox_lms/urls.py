@@ -1,0 +1,29 @@
+from django.urls import path
+
+from . import views
+
+app_name = "sandbox_lms"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("act-as/", views.act_as, name="act-as"),
+    path("courses/<int:pk>/", views.course, name="course"),
+    path("courses/<int:pk>/gradebook/", views.gradebook, name="gradebook"),
+    path("courses/<int:pk>/deep-link/", views.deep_link, name="deep-link"),
+    path("courses/<int:pk>/return/", views.launch_return, name="return"),
+    path("courses/<int:pk>/copy/", views.copy, name="copy"),
+    path("courses/<int:pk>/move/", views.move, name="move"),
+    path("links/<int:pk>/launch/", views.launch, name="launch"),
+    path("registrations/<int:pk>/", views.registration, name="registration"),
+    path("log/", views.request_log, name="log"),
+    # The platform's endpoints.
+    path("auth/", views.authorize, name="auth"),
+    path("jwks/", views.jwks, name="jwks"),
+    path("token/", views.token, name="token"),
+    path("deep-linking/<uuid:launch>/return/", views.deep_linking_return, name="deep-linking-return"),
+    path("api/courses/<int:course_pk>/lineitems", views.line_items, name="lineitems"),
+    path("api/courses/<int:course_pk>/memberships", views.memberships, name="memberships"),
+    path("api/lineitems/<int:pk>/lineitem", views.line_item, name="lineitem"),
+    path("api/lineitems/<int:pk>/lineitem/scores", views.scores, name="scores"),
+    path("api/lineitems/<int:pk>/lineitem/results", views.results, name="results"),
+]
