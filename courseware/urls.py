@@ -1,2 +1,14 @@
+"""The player (framed in the LMS) and the instructor's scheduling page."""
+from django.urls import path
+
+from . import views
+
 app_name = "courseware"
-urlpatterns: list = []
+urlpatterns = [
+    path("play/<int:link_id>/", views.play, name="play"),
+    path("play/<int:link_id>/start/", views.start, name="start"),
+    path("play/<int:link_id>/attempts/<int:attempt_id>/", views.attempt_result, name="attempt"),
+    path("play/<int:link_id>/attempts/<int:attempt_id>/submit/", views.submit, name="submit"),
+    path("play/<int:link_id>/attempts/<int:attempt_id>/presence/", views.presence, name="presence"),
+    path("schedule/", views.schedule, name="schedule"),
+]

@@ -1,0 +1,264 @@
+"""The player and the instructor's scheduling page. Thin: every write is in services.py.
+
+Pages are framed inside the LMS (xframe_options_exempt). Who plays is the LTI launch the session
+is bound to, or a staff member logged in directly (their attempts never sync).
+"""
+from __future__ import annotations
+
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.clickjacking import xframe_options_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import services
+from .models import QUESTION_KINDS, TIMED_KINDS, Activity, ActivityKind, ActivityLink, Attempt, LaunchRole
+from .services import AttemptRefused, Player, ScheduleRefused
+from .sessions import current_launch
+
+NO_PLAYER = "Open this activity from your LMS course: this session was not started by a launch from the LMS."
+
+
+def refuse(request: HttpRequest, reason: str, *, status: int) -> HttpResponse:
+    return render(request, "courseware/refused.html", {"reason": reason}, status=status)
+
+
+def _player(request: HttpRequest) -> Player | None:
+    return services.player_for(launch=current_launch(request), user=request.user)
+
+
+def _link(link_id: int) -> ActivityLink:
+    # Any link may be played (another course's link is recorded ineligible); none is changed here.
+    return get_object_or_404(
+        ActivityLink.objects.select_related("activity__section", "course", "resource_link"), pk=link_id
+    )
+
+
+def _frame(request: HttpRequest, player: Player, link: ActivityLink, **extra) -> dict:
+    """What every player page shows: the activity, who plays, and whether their results count."""
+    eligible, reason = services.eligibility_for(player=player, course=link.course)
+    return {
+        "link": link,
+        "activity": link.activity,
+        "player": player,
+        "eligible": eligible,
+        "ineligible_reason": reason,
+        "link_graded": link.graded,
+        **extra,
+    }
+
+
+def _history(player: Player, link: ActivityLink) -> dict:
+    allowed = services.attempts_allowed_for(course=link.course, activity=link.activity)
+    finished = list(
+        player.attempts()
+        .filter(course=link.course, activity=link.activity, completed_at__isnull=False)
+        .order_by("number")
+    )
+    return {
+        "attempts_allowed": allowed,
+        "attempts_allowed_words": services.describe_allowed(allowed),
+        "finished": finished,
+        "attempts_left": None if allowed is None else max(0, allowed - len(finished)),
+        "refusal": services.refusal_to_start(player=player, course=link.course, activity=link.activity),
+    }
+
+
+@xframe_options_exempt
+@require_GET
+def play(request: HttpRequest, link_id: int) -> HttpResponse:
+    """A resource link opens its activity. Opening a reading or video starts its clock."""
+    player = _player(request)
+    if player is None:
+        return refuse(request, NO_PLAYER, status=403)
+    link = _link(link_id)
+    activity = link.activity
+    if not activity.is_published:
+        return refuse(request, "This activity is not available right now. Ask your instructor.", status=404)
+    if activity.kind == ActivityKind.SECTION_HEADER:
+        items = activity.items.filter(is_published=True).order_by("position", "id")
+        return render(request, "courseware/section.html", _frame(request, player, link, items=items))
+    if activity.kind in TIMED_KINDS:
+        earned = services.earned_timed_credit(player=player, link=link)
+        attempt = None
+        if earned is None:
+            attempt = services.start_attempt(player=player, link=link)
+        return render(
+            request,
+            "courseware/timed.html",
+            _frame(
+                request, player, link,
+                attempt=attempt,
+                earned=earned,
+                seconds=services.presence_seconds(attempt=attempt) if attempt else 0,
+                required_seconds=services.REQUIRED_PRESENCE_SECONDS,
+                ping_seconds=services.PING_INTERVAL_SECONDS,
+                presence_url=reverse("courseware:presence", kwargs={"link_id": link.pk, "attempt_id": attempt.pk})
+                if attempt else "",
+            ),
+        )
+    if activity.kind in QUESTION_KINDS:
+        attempt = services.open_attempt(player=player, link=link)
+        if attempt is None:
+            return render(request, "courseware/intro.html", _frame(request, player, link, **_history(player, link)))
+        return _questions_page(request, player, link, attempt)
+    raise Http404("Unknown activity kind.")
+
+
+def _questions_page(
+    request: HttpRequest, player: Player, link: ActivityLink, attempt: Attempt, *, error: str = "", status: int = 200
+) -> HttpResponse:
+    given = request.POST if request.method == "POST" else {}
+    questions = [
+        {
+            "question": q,
+            "field": f"q-{q.pk}",
+            "given": given.get(f"q-{q.pk}", ""),
+            "choices": [{"index": str(i), "text": text} for i, text in enumerate(q.choices)],
+        }
+        for q in link.activity.questions.all()
+    ]
+    return render(
+        request,
+        "courseware/questions.html",
+        _frame(request, player, link, attempt=attempt, questions=questions, error=error, **_history(player, link)),
+        status=status,
+    )
+
+
+@xframe_options_exempt
+@require_POST
+def start(request: HttpRequest, link_id: int) -> HttpResponse:
+    """Start the next attempt at a quiz, assessment, practice test or lab (or continue the open one)."""
+    player = _player(request)
+    if player is None:
+        return refuse(request, NO_PLAYER, status=403)
+    link = _link(link_id)
+    if link.activity.kind not in QUESTION_KINDS:
+        return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": link.pk}))
+    try:
+        services.start_attempt(player=player, link=link)
+    except AttemptRefused as refusal:
+        context = _frame(request, player, link, **_history(player, link))
+        context["refusal"] = str(refusal)
+        return render(request, "courseware/intro.html", context, status=403)
+    return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": link.pk}))
+
+
+@xframe_options_exempt
+@require_POST
+def submit(request: HttpRequest, link_id: int, attempt_id: int) -> HttpResponse:
+    """Score the answers on the server and finish the attempt."""
+    player = _player(request)
+    if player is None:
+        return refuse(request, NO_PLAYER, status=403)
+    link = _link(link_id)
+    answers = {key[2:]: value for key, value in request.POST.items() if key.startswith("q-")}
+    try:
+        attempt = services.submit_answers(attempt_id=attempt_id, player=player, answers=answers)
+    except Attempt.DoesNotExist:
+        raise Http404("No such attempt of yours.")
+    except AttemptRefused:
+        pass  # already submitted (a double click): show its result
+    return HttpResponseRedirect(reverse("courseware:attempt", kwargs={"link_id": link.pk, "attempt_id": attempt_id}))
+
+
+@xframe_options_exempt
+@require_GET
+def attempt_result(request: HttpRequest, link_id: int, attempt_id: int) -> HttpResponse:
+    player = _player(request)
+    if player is None:
+        return refuse(request, NO_PLAYER, status=403)
+    link = _link(link_id)
+    attempt = get_object_or_404(player.attempts().select_related("activity"), pk=attempt_id, activity=link.activity)
+    if attempt.completed_at is None:
+        return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": link.pk}))
+    show_answers = link.activity.kind in {ActivityKind.PRACTICE_TEST, ActivityKind.LAB}
+    marks = []
+    for question in link.activity.questions.all():
+        mark = attempt.answers.get(str(question.pk), {})
+        given = mark.get("given", "")
+        if question.choices and given.isdigit() and int(given) < len(question.choices):
+            given = question.choices[int(given)]
+        expected = ""
+        if show_answers:
+            expected = question.choices[int(question.answer)] if question.choices else " or ".join(question.answer)
+        marks.append({"question": question, "given": given, "correct": mark.get("correct", False), "expected": expected})
+    correct = sum(1 for m in marks if m["correct"])
+    return render(
+        request,
+        "courseware/result.html",
+        _frame(
+            request, player, link,
+            attempt=attempt, marks=marks, correct=correct, total=len(marks),
+            percent=round(attempt.score * 100) if attempt.score is not None else 0,
+            **_history(player, link),
+        ),
+    )
+
+
+@xframe_options_exempt
+@require_POST
+def presence(request: HttpRequest, link_id: int, attempt_id: int) -> JsonResponse:
+    """The reading or video page's ping. The server measures presence; the page only reports it."""
+    player = _player(request)
+    if player is None:
+        return JsonResponse({"error": NO_PLAYER}, status=403)
+    try:
+        seen = services.record_presence(attempt_id=attempt_id, player=player)
+    except Attempt.DoesNotExist:
+        return JsonResponse({"error": "No such attempt of yours."}, status=404)
+    return JsonResponse(
+        {
+            "seconds": seen.seconds,
+            "required": services.REQUIRED_PRESENCE_SECONDS,
+            "completed": seen.completed,
+        }
+    )
+
+
+@xframe_options_exempt
+@require_http_methods(["GET", "POST"])
+def schedule(request: HttpRequest) -> HttpResponse:
+    """Attempts allowed for the custom quizzes and competency assessments of the instructor's course."""
+    launch = current_launch(request)
+    if launch is None or launch.role != LaunchRole.INSTRUCTOR:
+        return refuse(
+            request,
+            "Only the course's instructors can schedule attempts: open this page from your LMS course as an instructor.",
+            status=403,
+        )
+    course = launch.course
+    activities = services.schedulable_activities(course=course)
+    error, saved, error_for, status = "", "", None, 200
+    if request.method == "POST":
+        raw_id = request.POST.get("activity", "")
+        # Another course's activity, or none: "not yours" looks like "not there".
+        activity = get_object_or_404(services.placed_activities(course=course), pk=int(raw_id)) if raw_id.isdigit() else None
+        if activity is None:
+            raise Http404("No such activity in this course.")
+        try:
+            allowed = services.parse_attempts_allowed(request.POST.get("attempts_allowed", ""))
+            services.set_attempts_allowed(launch=launch, activity=activity, attempts_allowed=allowed)
+        except ScheduleRefused as refusal:
+            error, error_for, status = str(refusal), activity.pk, 400
+        except Activity.DoesNotExist:
+            raise Http404("No such activity in this course.")
+        else:
+            saved = f"“{activity.title}”: {services.describe_allowed(allowed).lower()} allowed."
+    rows = [
+        {
+            "activity": activity,
+            "allowed": (allowed := services.attempts_allowed_for(course=course, activity=activity)),
+            "allowed_words": services.describe_allowed(allowed),
+            "error": error if error_for == activity.pk else "",
+        }
+        for activity in activities
+    ]
+    return render(
+        request,
+        "courseware/schedule.html",
+        {"launch": launch, "course": course, "rows": rows, "error": error, "saved": saved},
+        status=status,
+    )
+
