@@ -461,13 +461,19 @@ def _socket_of(environ: dict[str, Any]) -> socket.socket | None:
     sock = environ.get("gunicorn.socket")
     if sock is not None:
         return sock
+    # Django's dev/live server: LimitedStream(s) → BufferedReader → SocketIO → socket.
     stream = environ.get("wsgi.input")
-    for attribute in ("stream", "raw", "_sock"):  # Django's dev/live server: LimitedStream → BufferedReader → SocketIO
-        stream = getattr(stream, attribute, None)
-        if stream is None:
-            return None
+    for _ in range(8):
         if isinstance(stream, socket.socket):
             return stream
+        if hasattr(stream, "_read"):
+            stream = getattr(stream._read, "__self__", None)
+        elif hasattr(stream, "raw"):
+            stream = stream.raw
+        elif hasattr(stream, "_sock"):
+            stream = stream._sock
+        else:
+            return None
     return None
 
 
