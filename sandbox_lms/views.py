@@ -44,6 +44,7 @@ def _answer(body: Any, *, status: int = 200, content_type: str = "application/js
     else:
         payload = json.dumps(body)
     response = HttpResponse(payload, status=status, content_type=content_type, reason=reason)
+    response["Content-Length"] = str(len(response.content))  # keep-alive without chunking, even with no middleware
     for name, value in (headers or {}).items():
         response[name] = value
     return response
