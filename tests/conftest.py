@@ -115,3 +115,13 @@ def celery_worker(live_server, transactional_db):
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    from django.conf import settings
+
+    location = settings.CACHES["default"].get("LOCATION", "")
+    if "/tests-" in str(location):
+        shutil.rmtree(location, ignore_errors=True)
