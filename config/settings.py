@@ -164,4 +164,3 @@ CELERY_TASK_ROUTES = {"gradesync.deliver_grade": {"queue": "grades"}, "gradesync
 CELERY_BEAT_SCHEDULE = {
     "sweep-grade-deliveries": {"task": "gradesync.sweep_deliveries", "schedule": GRADE_SWEEP_INTERVAL_SECONDS},
 }
-FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 default, silences the transition warning
