@@ -197,6 +197,7 @@ def start_attempt(*, player: Player, link: ActivityLink, now: datetime.datetime 
     _lock_player(player)
     attempt = open_attempt(player=player, link=link)
     if attempt is not None:
+        _adopt_launch(attempt=attempt, player=player)
         if activity.kind in TIMED_KINDS:
             _note_presence(attempt=attempt, now=now)
         return attempt
@@ -221,6 +222,19 @@ def start_attempt(*, player: Player, link: ActivityLink, now: datetime.datetime 
     )
     logger.info("attempt %s started: %s #%s in course %s", attempt.pk, activity.slug, attempt.number, link.course_id)
     return attempt
+
+
+def _adopt_launch(*, attempt: Attempt, player: Player) -> None:
+    """An open attempt continued (or finished) under a newer launch of the same person counts as that launch's.
+
+    E.g. a quiz opened from another course's session, then launched properly from this course:
+    the launch it is finished under is the one that decides its eligibility.
+    """
+    if player.launch is None or attempt.launch_id == player.launch.pk:
+        return
+    attempt.launch = player.launch
+    attempt.eligible, attempt.ineligible_reason = eligibility_for(player=player, course=attempt.course)
+    attempt.save(update_fields=["launch", "eligible", "ineligible_reason"])
 
 
 def earned_timed_credit(*, player: Player, link: ActivityLink) -> Attempt | None:
@@ -282,6 +296,7 @@ def record_presence(*, attempt_id: int, player: Player, now: datetime.datetime |
     )
     if attempt.completed_at is not None:
         return Presence(attempt=attempt, seconds=presence_seconds(attempt=attempt), completed=True)
+    _adopt_launch(attempt=attempt, player=player)
     _note_presence(attempt=attempt, now=now)
     seconds = presence_seconds(attempt=attempt)
     if seconds >= required_presence().total_seconds():
@@ -323,6 +338,7 @@ def submit_answers(
     )
     if attempt.completed_at is not None:
         raise AttemptRefused("This attempt was already submitted; its result is below.")
+    _adopt_launch(attempt=attempt, player=player)
     questions = list(attempt.activity.questions.all())
     if not questions:
         raise AttemptRefused("This activity has no questions yet.")

@@ -103,3 +103,21 @@ def test_attempts_and_limits_are_per_course(client, launched, link_to, north_cou
     assert sorted(Attempt.objects.values_list("course__title", "number", "eligible")) == [
         ("Network+ at North", 1, True), ("Security+ at South", 1, True)
     ]
+
+
+def test_an_attempt_opened_from_another_course_and_finished_after_a_proper_launch_counts(client, launched, link_to, north_course, south_course, quiz):
+    link = link_to(quiz, course=north_course)
+    south_launch = launched(south_course)
+    client.post(reverse("courseware:start", kwargs={"link_id": link.pk}))
+    assert Attempt.objects.get().eligible is False
+
+    north_launch = launched(north_course, lti_user=south_launch.lti_user)  # the learner launches from North now
+    page = client.get(reverse("courseware:play", kwargs={"link_id": link.pk}))
+    assert "not sent to the LMS gradebook" not in page.content.decode()
+    answers = {f"q-{q.pk}": "0" for q in quiz.questions.all()}
+    client.post(reverse("courseware:submit", kwargs={"link_id": link.pk, "attempt_id": page.context["attempt"].pk}), answers)
+
+    attempt = Attempt.objects.get()
+    assert (attempt.launch, attempt.eligible, attempt.ineligible_reason) == (north_launch, True, "")
+    result = Result.objects.get()
+    assert (result.launched_course, result.is_eligible) == (north_course, True)
