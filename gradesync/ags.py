@@ -44,11 +44,13 @@ class AgsError(Exception):
 
 
 class TokenError(Exception):
-    """The LMS's token endpoint refused or answered nonsense."""
+    """The LMS's token endpoint (or a line item query) refused or answered nonsense."""
 
-    def __init__(self, message: str, status_code: int | None = None) -> None:
+    def __init__(self, message: str, status_code: int | None = None, body: str = "", headers: dict | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.body = body
+        self.headers = headers or {}
 
 
 def http_session() -> requests.Session:
@@ -110,7 +112,10 @@ def _fetch_token(registration: LtiRegistration, scopes: tuple[str, ...], deploym
     except ValueError:
         body = None
     if response.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
-        raise TokenError(f"token endpoint answered {response.status_code}: {response.text[:300]}", response.status_code)
+        raise TokenError(
+            f"token endpoint answered {response.status_code}: {response.text[:300]}",
+            response.status_code, response.text[:2000], dict(response.headers),
+        )
     return body["access_token"], int(body.get("expires_in") or 3600)
 
 
@@ -200,7 +205,10 @@ def find_line_items(*, lineitems_url: str, token: str, **filters: str) -> list[d
         except requests.RequestException as error:
             raise AgsError(f"{type(error).__name__}: {error}") from error
         if response.status_code != 200:
-            raise TokenError(f"line items answered {response.status_code}: {response.text[:300]}", response.status_code)
+            raise TokenError(
+                f"line items answered {response.status_code}: {response.text[:300]}",
+                response.status_code, response.text[:2000], dict(response.headers),
+            )
         page = response.json()
         items.extend(page if isinstance(page, list) else [])
         url = response.links.get("next", {}).get("url")

@@ -225,7 +225,7 @@ def _retry_after(headers: dict[str, str]) -> float | None:
     return max((when - timezone.now()).total_seconds(), 0.0)
 
 
-_CANVAS_LAST_UPDATED = re.compile(r"last updated timestamp of (\S+)")
+_CANVAS_LAST_UPDATED = re.compile(r"last updated timestamp of (\d{4}-\d{2}-\d{2}[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)")
 
 
 def _next_timestamp(delivery: Delivery, lms_family: str, *, after: datetime.datetime | None = None) -> datetime.datetime:
@@ -392,9 +392,15 @@ def _send(delivery: Delivery, lms_family: str) -> str:
                 sent_timestamp=timestamp, version=version, retry_after=_retry_after(answer.headers),
             )
     except ags.TokenError as error:
-        outcome = Outcome.REFUSED if error.status_code in (400, 401, 403) else Outcome.RETRY
+        # The same table decides: a throttled or failing token endpoint is retried, a refusal is not.
+        verdict = classify(lms_family, error.status_code or 0, error.body)
+        outcome = Outcome.RETRY if verdict.outcome in (Outcome.RETRY, Outcome.SENT) else Outcome.REFUSED
         _exchange(delivery, error.status_code, outcome, str(error), 0, None, None)
-        return _finish(delivery, outcome, error.status_code, f"Token refused by the LMS: {error}")
+        message = f"The LMS refused our service token request (check the client id and our key in the LMS): {error}"
+        return _finish(
+            delivery, outcome, error.status_code, message if outcome == Outcome.REFUSED else str(error),
+            retry_after=_retry_after(error.headers),
+        )
     except ags.AgsError as error:
         _exchange(delivery, None, Outcome.RETRY, str(error), 0, None, None)
         return _finish(delivery, Outcome.RETRY, None, f"No answer from the LMS: {error}")
@@ -402,7 +408,7 @@ def _send(delivery: Delivery, lms_family: str) -> str:
 
 def _parse_lms_timestamp(text: str) -> datetime.datetime | None:
     try:
-        parsed = datetime.datetime.fromisoformat(text.rstrip(".,").replace("Z", "+00:00"))
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
@@ -483,7 +489,12 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
         next_attempt_at=None,
         last_message="Gave up: sending this grade kept stopping the worker without an answer.",
     )
-    counts["reclaimed"] = stale.update(status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None)
+    reclaimed = list(stale.values_list("pk", "is_resync"))
+    counts["reclaimed"] = stale.filter(pk__in=[pk for pk, _ in reclaimed]).update(
+        status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None
+    )
+    for delivery_id, is_resync in reclaimed:
+        enqueue_delivery(delivery_id, resync=is_resync)
     lost_before = now - datetime.timedelta(seconds=settings.GRADE_DELIVERY_REQUEUE_AFTER_SECONDS)
     due = list(
         Delivery.objects.filter(
