@@ -5,6 +5,8 @@ os.environ.setdefault("SANDBOX_LMS", "True")
 
 from .settings import *  # noqa: E402,F401,F403
 
+# live_server threads must not keep connections open, or the test database cannot be dropped.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Tasks run in-process in tests unless a test starts a real worker (tests/conftest.py's

@@ -122,6 +122,7 @@ def _line_item_for(course: Course, activity_key: str, resource_link: LtiResource
     return (bound or candidates or [None])[0]
 
 
+@transaction.atomic
 def plan_delivery(
     *,
     course: Course,
