@@ -63,7 +63,30 @@ def load_demo(*, base_url: str, stdout: Any) -> None:
         custom=custom_parameters(LmsFamily.CANVAS),
         name="Courseware Grade Sync",
     )
+    _bind_demo_link(seeded)
     stdout.write(
         f"  Sandbox LMS: course “{seeded.course.title}” with {seeded.instructor.name} and "
         f"{len(seeded.students)} students, registered with the tool as client id {DEMO_CLIENT_ID}."
     )
+
+
+def _bind_demo_link(seeded: api.Seeded) -> None:
+    """Make the seeded graded link open a real catalog quiz, as if the instructor had placed it.
+
+    Without it the demo course's first link would open "not connected to an activity".
+    """
+    from courseware.models import Activity
+
+    quiz = Activity.objects.filter(slug="netplus-osi-quiz").first()
+    if quiz is None:
+        return
+    link = seeded.resource_link
+    link.title = quiz.title
+    link.custom = {"activity_id": str(quiz.pk)}
+    link.save(update_fields=["title", "custom"])
+    line_item = seeded.line_item
+    line_item.label = quiz.title
+    line_item.resource_id = str(quiz.pk)
+    line_item.tag = "courseware"
+    line_item.score_maximum = float(quiz.default_points)
+    line_item.save(update_fields=["label", "resource_id", "tag", "score_maximum"])
