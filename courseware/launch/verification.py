@@ -14,7 +14,7 @@ from typing import Any
 import jwt
 from django.core.cache import cache
 from django.http import HttpRequest
-from lti_tool.models import LtiDeployment, LtiRegistration
+from lti_tool.models import LtiDeployment, LtiPlatformInstance, LtiRegistration
 from lti_tool.utils import DjangoToolConfig
 from pylti1p3.exception import LtiException
 from pylti1p3.contrib.django import DjangoCacheDataStorage, DjangoMessageLaunch
@@ -218,6 +218,22 @@ def _check_message(claims: dict[str, Any]) -> None:
             raise LaunchRefused("The deep-linking request has no deep_link_return_url.")
 
 
+def _platform_instance(registration: LtiRegistration, claims: dict[str, Any]) -> LtiPlatformInstance | None:
+    """What the launch says of the LMS instance, so the integration team knows whose deployment is pending."""
+    claim = claims.get(LTI + "tool_platform")
+    if not isinstance(claim, dict) or not claim.get("guid"):
+        return None
+    instance, _ = LtiPlatformInstance.objects.update_or_create(
+        issuer=registration.issuer,
+        guid=str(claim["guid"])[:255],
+        defaults={
+            key: str(claim.get(key) or "")[:500]
+            for key in ("name", "url", "contact_email", "description", "product_family_code", "version")
+        },
+    )
+    return instance
+
+
 def _deployment_for(registration: LtiRegistration, claims: dict[str, Any]) -> LtiDeployment:
     deployment_id = str(claims[LTI + "deployment_id"])
     return_url = ((claims.get(LTI + "launch_presentation") or {}).get("return_url")) or ""
@@ -229,7 +245,9 @@ def _deployment_for(registration: LtiRegistration, claims: dict[str, Any]) -> Lt
     if deployment is None:
         # The token is genuine: show the integration team a pending deployment to assign.
         deployment, _ = LtiDeployment.objects.get_or_create(
-            registration=registration, deployment_id=deployment_id, defaults={"is_active": False}
+            registration=registration,
+            deployment_id=deployment_id,
+            defaults={"is_active": False, "platform_instance": _platform_instance(registration, claims)},
         )
         raise LaunchRefused(
             "This course's LMS deployment is not set up in the tool yet. The vendor's integration team "

@@ -50,6 +50,7 @@ def claims_for(connected, login, **overrides):
         LTI + "context": {"id": connected.course.context_id, "title": connected.course.title},
         LTI + "resource_link": {"id": connected.seeded.resource_link.resource_link_id},
         LTI + "launch_presentation": {"return_url": f"{connected.base_url}/sandbox-lms/return/"},
+        LTI + "tool_platform": {"guid": "sandbox-guid", "name": "Sandbox LMS", "product_family_code": "canvas"},
     }
     for name, value in overrides.items():
         key = name if not name.startswith("lti_") else LTI + name[4:]
@@ -215,6 +216,7 @@ def test_unknown_deployment_is_shown_pending_and_the_lms_gets_the_error(connecte
     assert "lti_errormsg=" in response.headers["Location"] and "/sandbox-lms/return/" in response.headers["Location"]
     pending = LtiDeployment.objects.get(deployment_id="new-sub-account")
     assert not pending.is_active and not hasattr(pending, "ownership")
+    assert pending.platform_instance is not None and pending.platform_instance.guid == "sandbox-guid"
     assert LtiUser.objects.count() == users
 
 
