@@ -4,8 +4,12 @@ Resync and policy changes read only this ledger, never courseware's tables.
 """
 from __future__ import annotations
 
+import datetime
+
+from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 from django.utils.translation import gettext_lazy as _
 from lti_tool.models import LtiDeployment, LtiResourceLink, LtiUser
 
@@ -94,6 +98,10 @@ class Delivery(models.Model):
     activity_key = models.CharField(max_length=100)
     score = models.DecimalField(max_digits=6, decimal_places=5, help_text=_("Fraction of the maximum, 0–1."))
     status = models.CharField(max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    resync_job = models.ForeignKey(
+        "gradesync.ResyncJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries",
+        help_text=_("The resync job that planned (or last re-planned) this delivery."),
+    )
     version = models.PositiveIntegerField(default=1, help_text=_("Bumped when a newer grade replaces this one."))
     is_resync = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
@@ -131,6 +139,7 @@ class Delivery(models.Model):
             models.Index(fields=["course", "lti_user", "activity_key"], name="delivery_course_user_act_idx"),
             models.Index(fields=["line_item", "lti_user", "-id"], name="delivery_line_item_user_idx"),
             models.Index(fields=["-updated_at"], name="delivery_updated_idx"),
+            models.Index(fields=["resync_job", "status"], name="delivery_resync_job_idx"),
         ]
 
     def __str__(self) -> str:
@@ -170,3 +179,100 @@ class SyncWarning(models.Model):
             models.UniqueConstraint(fields=["course", "activity_key", "kind"], name="sync_warning_unique"),
         ]
 
+
+
+class ResyncJobStatus(models.TextChoices):
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    CANCELLED = "cancelled", _("Cancelled")
+    FAILED = "failed", _("Failed")
+
+
+ACTIVE_JOB_STATUSES = [ResyncJobStatus.QUEUED, ResyncJobStatus.RUNNING]
+# Stand-ins for "no limit" in the one-active-job constraint: NULLs never collide in a unique index.
+_NO_ID = Value(0)
+_NO_TIME = Value(datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc), output_field=models.DateTimeField())
+
+
+class ResyncJob(models.Model):
+    """A request to resend the policy's current grades for one scope, worked through in batches.
+
+    The scope is the institution plus, optionally, a course, a learner, an activity, one
+    delivery, and a window on when results were completed. `planned` and `skipped` are
+    written by the planner; `sent`, `refused` and `failed` are read back from the job's
+    deliveries (`gradesync.resync.refresh_progress`).
+    """
+
+    institution = models.ForeignKey("institutions.Institution", on_delete=models.CASCADE, related_name="resync_jobs")
+    course = models.ForeignKey(Course, null=True, blank=True, on_delete=models.CASCADE, related_name="resync_jobs")
+    lti_user = models.ForeignKey(
+        LtiUser, null=True, blank=True, on_delete=models.CASCADE, related_name="+", verbose_name=_("learner")
+    )
+    activity_key = models.CharField(max_length=100, blank=True)
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text=_("Resync the grade of this one delivery."),
+    )
+    completed_from = models.DateTimeField(null=True, blank=True, help_text=_("Only results completed at or after."))
+    completed_until = models.DateTimeField(null=True, blank=True, help_text=_("Only results completed before."))
+    only_changed = models.BooleanField(
+        default=False, help_text=_("Only grades whose policy grade differs from the last grade sent.")
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_instructor = models.ForeignKey(
+        LtiUser, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text=_("The instructor who asked from an LTI launch."),
+    )
+    requested_by_name = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=10, choices=ResyncJobStatus.choices, default=ResyncJobStatus.QUEUED)
+    estimated = models.PositiveIntegerField(default=0, help_text=_("Grades in scope when the job was asked for."))
+    planned = models.PositiveIntegerField(default=0)
+    sent = models.PositiveIntegerField(default=0)
+    refused = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    cursor = models.JSONField(null=True, blank=True, help_text=_("The last (course, learner, activity) planned."))
+    message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    planned_at = models.DateTimeField(null=True, blank=True, help_text=_("When planning finished."))
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                "institution",
+                Coalesce("course", _NO_ID),
+                Coalesce("lti_user", _NO_ID),
+                "activity_key",
+                Coalesce("delivery", _NO_ID),
+                Coalesce("completed_from", _NO_TIME),
+                Coalesce("completed_until", _NO_TIME),
+                "only_changed",
+                condition=Q(status__in=ACTIVE_JOB_STATUSES),
+                name="resyncjob_one_active_per_scope",
+                violation_error_message=_("A resync of this scope is already queued or running."),
+            ),
+            models.CheckConstraint(condition=Q(status__in=ResyncJobStatus.values), name="resyncjob_status_valid"),
+            models.CheckConstraint(
+                condition=Q(completed_from__isnull=True) | Q(completed_until__isnull=True)
+                | Q(completed_until__gt=models.F("completed_from")),
+                name="resyncjob_window_ordered",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["-created_at"], name="resyncjob_created_idx"),
+            models.Index(fields=["course", "-created_at"], name="resyncjob_course_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="resyncjob_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Resync #{self.pk} ({self.get_status_display()})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_JOB_STATUSES

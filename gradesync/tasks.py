@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import services
+from . import resync, services
 
 
 @shared_task(name="gradesync.deliver_grade", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
@@ -15,3 +15,9 @@ def deliver_grade(delivery_id: int) -> str:
 @shared_task(name="gradesync.sweep_deliveries", ignore_result=True)
 def sweep_deliveries() -> dict[str, int]:
     return services.sweep()
+
+
+@shared_task(name="gradesync.run_resync_job", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def run_resync_job(job_id: int) -> str:
+    """Plan a resync job's grades in batches (on the resync queue); re-queues itself to continue."""
+    return resync.run_job(job_id)
