@@ -159,6 +159,9 @@ AGS_HTTP_POOL_SIZE = env.int("AGS_HTTP_POOL_SIZE", default=64)
 GRADE_DELIVERY_GIVE_UP_HOURS = env.int("GRADE_DELIVERY_GIVE_UP_HOURS", default=72)
 # The sweeper re-queues deliveries still pending after this many seconds (lost broker messages).
 GRADE_DELIVERY_REQUEUE_AFTER_SECONDS = env.int("GRADE_DELIVERY_REQUEUE_AFTER_SECONDS", default=30)
+# The sweeper takes back a row claimed ("sending") this long ago by a worker that never finished
+# (killed mid-send). Longer than the longest send (AGS timeouts × retries); drills shorten it.
+GRADE_DELIVERY_STALE_CLAIM_SECONDS = env.int("GRADE_DELIVERY_STALE_CLAIM_SECONDS", default=300)
 GRADE_SWEEP_INTERVAL_SECONDS = env.float("GRADE_SWEEP_INTERVAL_SECONDS", default=15.0)
 CELERY_TASK_ROUTES = {"gradesync.deliver_grade": {"queue": "grades"}, "gradesync.*": {"queue": "grades"}}
 CELERY_BEAT_SCHEDULE = {

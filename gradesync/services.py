@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_BASE_SECONDS = 2
 BACKOFF_CAP_SECONDS = 600
-STALE_CLAIM_SECONDS = 300
+STALE_CLAIM_SECONDS = 300  # default of settings.GRADE_DELIVERY_STALE_CLAIM_SECONDS
 MAX_CLAIMS_WITHOUT_ANSWER = 8
 IN_FLIGHT_SLOT_SECONDS = 60
 IN_FLIGHT_WAIT_SECONDS = 5.0
@@ -483,7 +483,7 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
     now = timezone.now()
     counts = {"reclaimed": 0, "dead": 0, "requeued": 0}
     stale = Delivery.objects.filter(
-        status=DeliveryStatus.SENDING, claimed_at__lt=now - datetime.timedelta(seconds=STALE_CLAIM_SECONDS)
+        status=DeliveryStatus.SENDING, claimed_at__lt=now - datetime.timedelta(seconds=getattr(settings, "GRADE_DELIVERY_STALE_CLAIM_SECONDS", STALE_CLAIM_SECONDS))
     )
     counts["dead"] += stale.filter(attempts__gte=MAX_CLAIMS_WITHOUT_ANSWER).update(
         status=DeliveryStatus.DEAD,

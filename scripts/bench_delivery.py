@@ -1,0 +1,675 @@
+#!/usr/bin/env python
+"""Grade delivery benchmark: record → outbox → Celery worker → sandbox LMS, with real processes.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/app CELERY_BROKER_URL=redis://127.0.0.1:6379/0 \\
+        .venv/bin/python scripts/bench_delivery.py [--quick]
+
+What it does (everything on 127.0.0.1, every process it starts is stopped by process group):
+
+* a database of its own, `<name>_bench` derived from DATABASE_URL (created if missing, migrated,
+  emptied of earlier runs' grade-sync rows), shared by the tool's tables and the sandbox LMS's;
+* Redis at CELERY_BROKER_URL's host/port, but on databases of its own (`--redis-db`, default 12
+  for the broker and 13 for the cache): other people's tests purge db 0 and clear db 1;
+* the sandbox LMS as its own gunicorn process (`sandbox_lms.wsgi`, as `sandbox_lms/api.py` says);
+* real Celery workers: `celery -A config worker --pool=threads -Q grades,resync`;
+* R registrations × C courses × S students × A graded activities on both sides: the sandbox via
+  its api, the tool's rows directly (as the launches would have left them);
+* phase 1, latency: `gradesync.api.record_result(...)` at a fixed rate; latency is from the
+  delivery's `recorded_at` (written in the recording transaction) to the sandbox's receipt
+  (`SandboxResult.updated_at`, written by the LMS when it stores the score);
+* phase 2, throughput: the workers stop consuming, a burst of outbox rows is written (bulk, as
+  record_result leaves them: pending, due now) and queued, then consuming resumes and completed
+  deliveries per second are measured until the burst is drained; CPU from /proc of the workers.
+
+The last line is machine-readable:
+`bench: p50_ms=<n> p99_ms=<n> first_grade_p99_ms=<n> deliveries_per_s=<n> token_requests=<n> lost=<n>`
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+VENV_BIN = Path(sys.executable).parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- Environment --------------------------------------------------------------------------------
+
+
+def derived_database_url(url: str, suffix: str) -> str:
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "postgres"
+    if not name.endswith(suffix):
+        name = f"{name}{suffix}"
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def redis_url(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def prepare_database(url: str) -> None:
+    """Create the database if it is missing (connecting to the `postgres` database of the same server)."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
+    with psycopg.connect(admin, autocommit=True) as connection:
+        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            connection.execute(f'CREATE DATABASE "{name}"')
+
+
+def configure_django(database_url: str, broker_url: str, cache_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Point this process's Django at the given services; returns the environment for child processes."""
+    env = {
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        "CACHE_URL": cache_url,
+        "CELERY_TASK_ALWAYS_EAGER": "False",
+        "SANDBOX_LMS": "True",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DEBUG": "True",
+        "LOG_LEVEL": "WARNING",
+        "CONN_MAX_AGE": "600",
+        **(extra or {}),
+    }
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    return {**os.environ, **env}
+
+
+def migrate() -> None:
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+# --- Processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process {process.args[:3]} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class Processes:
+    """Every process this run started, each in its own process group; stopped by pid/group only."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        out = open(self.log_dir / f"{name}.log", "ab")
+        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process.bench_name = name  # type: ignore[attr-defined]
+        self.started.append(process)
+        return process
+
+    @staticmethod
+    def stop(process: subprocess.Popen, *, kill: bool = False, timeout: float = 15.0) -> None:
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            self.stop(process)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def start_sandbox(processes: Processes, env: dict[str, str], *, port: int, workers: int, threads: int) -> subprocess.Popen:
+    sandbox_env = {**env, "DJANGO_SETTINGS_MODULE": "sandbox_lms.server_settings", "SANDBOX_LMS": "True"}
+    process = processes.start(
+        "sandbox-lms",
+        [str(VENV_BIN / "gunicorn"), "sandbox_lms.wsgi:application", "--bind", f"127.0.0.1:{port}",
+         "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads), "--keep-alive", "30",
+         "--backlog", "512"],
+        sandbox_env,
+    )
+    wait_for_port(port, process=process)
+    return process
+
+
+def start_worker(processes: Processes, env: dict[str, str], *, name: str, concurrency: int, prefetch: int | None = None) -> subprocess.Popen:
+    worker_env = dict(env)
+    if prefetch:
+        worker_env["CELERY_WORKER_PREFETCH_MULTIPLIER"] = str(prefetch)
+    return processes.start(
+        name,
+        [str(VENV_BIN / "celery"), "-A", "config", "worker", "--pool=threads", f"--concurrency={concurrency}",
+         "-Q", "grades,resync", "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "-n", f"{name}@%h"],
+        worker_env,
+    )
+
+
+def wait_for_workers(names: list[str], timeout: float = 45.0) -> None:
+    from config.celery import app
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        replies = app.control.ping(timeout=0.5) or []
+        seen = {name.split("@")[0] for reply in replies for name in reply}
+        if all(n in seen for n in names):
+            return
+    raise RuntimeError(f"workers {names} did not answer a ping in {timeout} s")
+
+
+# --- Seeding ------------------------------------------------------------------------------------
+
+
+class Cell:
+    """One (course, student, activity): a gradebook cell on both sides."""
+
+    __slots__ = ("registration", "course", "lti_user", "resource_link", "activity_key", "line_item_url",
+                 "sandbox_line_item_id", "sandbox_user_id", "launch")
+
+    def __init__(self, **kwargs) -> None:
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+
+def seed(*, port: int, registrations: int, courses: int, students: int, activities: int, profile: str,
+         in_flight: int, tag: str) -> tuple[list[dict], list[Cell]]:
+    """Both sides of R registrations × C courses × S students × A graded activities."""
+    from django.db import transaction
+    from django.utils import timezone
+    from lti_tool.models import Key, LtiContext, LtiDeployment, LtiLineItem, LtiRegistration, LtiResourceLink, LtiUser
+
+    from gradesync.api import LaunchFacts
+    from institutions.models import Course, DeploymentOwnership, Institution, RegistrationProfile
+    from sandbox_lms import api as sandbox
+    from sandbox_lms.models import SandboxEnrolment, SandboxLineItem, SandboxResourceLink, SandboxUser
+
+    if not Key.objects.filter(is_active=True).exists():
+        Key.objects.generate()
+    tool_jwk = Key.objects.active().latest().as_jwk()
+    base = f"http://127.0.0.1:{port}"
+    now = timezone.now().replace(microsecond=0)
+    starts, ends = now - datetime.timedelta(days=14), now + datetime.timedelta(days=90)
+    regs: list[dict] = []
+    cells: list[Cell] = []
+    for r in range(registrations):
+        with transaction.atomic():
+            institution = Institution.objects.create(name=f"Bench {tag} {r}", slug=f"bench-{tag}-{r}")
+            client_id, deployment_id = f"bench-{tag}-{r}", f"dep-{tag}-{r}"
+            seeded = sandbox.seed_platform(
+                base_url=f"{base}/sandbox-lms", login_url=f"{base}/lti/init/", launch_url=f"{base}/lti/launch/",
+                tool_public_jwks={"keys": [tool_jwk]}, profile=profile, client_id=client_id,
+                deployment_id=deployment_id, student_names=(), name=f"Bench tool {tag} {r}",
+                course_title=f"Bench {r}-0",
+            )
+            registration = LtiRegistration.objects.create(
+                name=f"Bench {tag} {r}", client_id=client_id, uuid=uuid.uuid4(), issuer=seeded.platform.issuer,
+                auth_url=seeded.auth_url, token_url=seeded.token_url, keyset_url=seeded.jwks_url,
+            )
+            RegistrationProfile.objects.create(
+                registration=registration, lms_family=profile if profile in ("canvas", "moodle") else "other",
+                max_requests_in_flight=in_flight,
+            )
+            deployment = LtiDeployment.objects.create(registration=registration, deployment_id=deployment_id, is_active=True)
+            DeploymentOwnership.objects.create(deployment=deployment, institution=institution)
+            sandbox_users = SandboxUser.objects.bulk_create([
+                SandboxUser(platform=seeded.platform, sub=f"{tag}-{r}-s{s}-{uuid.uuid4().hex[:6]}", name=f"Student {s}")
+                for s in range(students)
+            ])
+            lti_users = LtiUser.objects.bulk_create([
+                LtiUser(registration=registration, sub=u.sub, name=u.name) for u in sandbox_users
+            ])
+            for c in range(courses):
+                sandbox_course = seeded.course if c == 0 else sandbox.create_course(
+                    deployment=seeded.deployment, title=f"Bench {r}-{c}", starts_at=starts, ends_at=ends
+                )
+                SandboxEnrolment.objects.bulk_create([
+                    SandboxEnrolment(course=sandbox_course, user=u, role=sandbox.Role.LEARNER) for u in sandbox_users
+                ])
+                context = LtiContext.objects.create(
+                    deployment=deployment, id_on_platform=sandbox_course.context_id, title=sandbox_course.title,
+                    lineitems_url=sandbox.line_items_url(sandbox_course, seeded.registration),
+                    can_query_lineitems=True, can_publish_scores=True,
+                )
+                course = Course.objects.create(
+                    context=context, institution=institution, deployment=deployment, title=sandbox_course.title,
+                    starts_at=sandbox_course.starts_at, ends_at=sandbox_course.ends_at,
+                )
+                launch = LaunchFacts(role="learner", course=course, deployment=deployment)
+                sandbox_links = SandboxResourceLink.objects.bulk_create([
+                    SandboxResourceLink(course=sandbox_course, title=f"Activity {a}", resource_link_id=uuid.uuid4().hex)
+                    for a in range(activities)
+                ])
+                sandbox_items = SandboxLineItem.objects.bulk_create([
+                    SandboxLineItem(course=sandbox_course, resource_link=link, label=link.title, score_maximum=100,
+                                    resource_id=f"activity-{a}")
+                    for a, link in enumerate(sandbox_links)
+                ])
+                links = LtiResourceLink.objects.bulk_create([
+                    LtiResourceLink(context=context, id_on_platform=link.resource_link_id, title=link.title)
+                    for link in sandbox_links
+                ])
+                LtiLineItem.objects.bulk_create([
+                    LtiLineItem(context=context, resource_link=link, url=sandbox.line_item_url(item, seeded.registration),
+                                label=item.label, maximum_score=100, resource_id=item.resource_id)
+                    for link, item in zip(links, sandbox_items)
+                ])
+                for a, (link, item) in enumerate(zip(links, sandbox_items)):
+                    for user, sandbox_user in zip(lti_users, sandbox_users):
+                        cells.append(Cell(
+                            registration=r, course=course, lti_user=user, resource_link=link,
+                            activity_key=f"activity-{a}", line_item_url=sandbox.line_item_url(item, seeded.registration),
+                            sandbox_line_item_id=item.pk, sandbox_user_id=sandbox_user.pk, launch=launch,
+                        ))
+        regs.append({"tool": registration, "sandbox": seeded.registration, "institution": institution})
+    return regs, cells
+
+
+# --- Measuring ----------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, int(round(p / 100 * (len(ordered) - 1)))))
+    return ordered[k]
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "n=0"
+    return (f"n={len(values)} p50={percentile(values, 50):.0f} p95={percentile(values, 95):.0f} "
+            f"p99={percentile(values, 99):.0f} max={max(values):.0f} ms")
+
+
+def wait_drained(delivery_ids: list[int] | None, timeout: float, *, quiet: bool = False) -> bool:
+    """Until no open delivery remains (of the given ids, or at all)."""
+    from gradesync.models import OPEN_STATUSES, Delivery
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        open_rows = Delivery.objects.filter(status__in=OPEN_STATUSES)
+        if delivery_ids is not None:
+            open_rows = open_rows.filter(pk__in=delivery_ids)
+        remaining = open_rows.count()
+        if remaining == 0:
+            return True
+        time.sleep(0.25)
+    if not quiet:
+        log(f"not drained after {timeout} s")
+    return False
+
+
+def receipt_times(cells: list[Cell]) -> dict[tuple[int, int], datetime.datetime]:
+    from sandbox_lms.models import SandboxResult
+
+    item_ids = {c.sandbox_line_item_id for c in cells}
+    rows = SandboxResult.objects.filter(line_item_id__in=item_ids).values_list("line_item_id", "user_id", "updated_at")
+    return {(item, user): updated for item, user, updated in rows}
+
+
+def latencies(cells: list[Cell], results: dict[int, int]) -> tuple[list[float], list[float], list[float], int]:
+    """(to LMS receipt, to sent_at, first grade of each course, lost) for the cells recorded in phase 1."""
+    from gradesync.models import Delivery, DeliveryStatus
+
+    receipts = receipt_times(cells)
+    by_result = {
+        d["result_id"]: d for d in Delivery.objects.filter(result_id__in=list(results.values())).values(
+            "result_id", "status", "recorded_at", "sent_at", "course_id", "id")
+    }
+    to_lms, to_sent, first = [], [], []
+    first_of_course: dict[int, tuple[int, float]] = {}
+    lost = 0
+    for index, cell in enumerate(cells):
+        result_id = results.get(index)
+        if result_id is None:
+            continue
+        delivery = by_result.get(result_id)
+        if delivery is None or delivery["status"] != DeliveryStatus.SENT:
+            lost += 1
+            continue
+        receipt = receipts.get((cell.sandbox_line_item_id, cell.sandbox_user_id))
+        ms = ((receipt or delivery["sent_at"]) - delivery["recorded_at"]).total_seconds() * 1000
+        to_lms.append(ms)
+        to_sent.append((delivery["sent_at"] - delivery["recorded_at"]).total_seconds() * 1000)
+        course_id = delivery["course_id"]
+        if course_id not in first_of_course or delivery["id"] < first_of_course[course_id][0]:
+            first_of_course[course_id] = (delivery["id"], ms)
+    first = [ms for _, ms in first_of_course.values()]
+    return to_lms, to_sent, first, lost
+
+
+def record_at_rate(cells: list[Cell], *, rate: float, seconds: float, threads: int, tag: str) -> dict[int, int]:
+    """record_result for cells[0:rate*seconds] on a fixed schedule; returns {cell index: result id}."""
+    from django.db import close_old_connections
+    from django.utils import timezone
+
+    from gradesync import api
+
+    total = min(len(cells), int(rate * seconds))
+    results: dict[int, int] = {}
+    late = []
+    lock = threading.Lock()
+    start = time.monotonic() + 0.5
+    counter = itertools.count()
+
+    def work() -> None:
+        try:
+            while True:
+                index = next(counter)
+                if index >= total:
+                    return
+                due = start + index / rate
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                else:
+                    late.append(-wait)
+                cell = cells[index]
+                result = api.record_result(
+                    source_ref=f"bench-{tag}-{index}", lti_user=cell.lti_user, course=cell.course,
+                    activity_key=cell.activity_key, activity_title=cell.activity_key, resource_link=cell.resource_link,
+                    score=Decimal(50 + index % 50) / 100, completed_at=timezone.now(), launch=cell.launch,
+                    link_graded=True,
+                )
+                with lock:
+                    results[index] = result.pk
+        finally:
+            close_old_connections()
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(work) for _ in range(threads)]:
+            future.result()
+    elapsed = time.monotonic() - start
+    behind = percentile(late, 99) * 1000 if late else 0.0
+    log(f"recorded {len(results)} results in {elapsed:.1f} s ({len(results) / elapsed:.0f}/s; "
+        f"recorder p99 behind schedule {behind:.0f} ms)")
+    return results
+
+
+def write_burst(cells: list[Cell], tag: str) -> list[int]:
+    """Outbox rows as record_result leaves them (eligible result + pending delivery due now), in bulk."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from gradesync.models import Delivery, Result
+
+    from lti_tool.models import LtiLineItem
+
+    urls = {c.line_item_url for c in cells}
+    line_items = dict(LtiLineItem.objects.filter(url__in=urls).values_list("url", "id"))
+    ids: list[int] = []
+    for chunk_start in range(0, len(cells), 2000):
+        chunk = cells[chunk_start:chunk_start + 2000]
+        now = timezone.now()
+        with transaction.atomic():
+            results = Result.objects.bulk_create([
+                Result(source_ref=f"burst-{tag}-{chunk_start + i}", lti_user=c.lti_user, course=c.course,
+                       activity_key=c.activity_key, activity_title=c.activity_key, resource_link=c.resource_link,
+                       score=Decimal("0.75"), completed_at=now, launch_role="learner", launched_course=c.course,
+                       launch_deployment=c.course.deployment, link_graded=True, is_eligible=True)
+                for i, c in enumerate(chunk)
+            ])
+            deliveries = Delivery.objects.bulk_create([
+                Delivery(result=res, course=c.course, institution_id=c.course.institution_id,
+                         registration_id=c.course.deployment.registration_id, deployment=c.course.deployment,
+                         lti_user=c.lti_user, resource_link=c.resource_link, line_item_id=line_items[c.line_item_url],
+                         activity_key=c.activity_key, score=res.score, recorded_at=now, next_attempt_at=now)
+                for res, c in zip(results, chunk)
+            ])
+        ids.extend(d.pk for d in deliveries)
+    return ids
+
+
+def publish(ids: list[int]) -> None:
+    from config.celery import app
+
+    task = app.tasks["gradesync.deliver_grade"]
+    with app.producer_or_acquire() as producer:
+        for delivery_id in ids:
+            task.apply_async(args=[delivery_id], queue="grades", producer=producer)
+
+
+def token_requests(regs: list[dict]) -> list[int]:
+    from sandbox_lms.models import SandboxRegistration
+
+    return [SandboxRegistration.objects.get(pk=r["sandbox"].pk).tokens_issued for r in regs]
+
+
+def reset_database() -> None:
+    """Forget earlier runs' grade-sync rows and request log (the seeded platforms are per run)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE gradesync_deliveryexchange, gradesync_delivery, gradesync_result, gradesync_syncwarning,"
+            " sandbox_lms_sandboxrequestlog, sandbox_lms_sandboxresult, sandbox_lms_sandboxtoken CASCADE"
+        )
+
+
+# --- Main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short phases (about 2 minutes in all)")
+    parser.add_argument("--registrations", type=int, default=4)
+    parser.add_argument("--courses", type=int, default=10, help="courses per registration")
+    parser.add_argument("--students", type=int, default=30, help="students per registration (enrolled in each course)")
+    parser.add_argument("--activities", type=int, default=4, help="graded activities per course, phase 1")
+    parser.add_argument("--profile", default="canvas", choices=["canvas", "moodle", "generic"])
+    parser.add_argument("--rate", type=float, default=100.0, help="results per second in phase 1")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of phase 1")
+    parser.add_argument("--burst", type=int, default=24000, help="deliveries in the throughput burst (phase 2)")
+    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    parser.add_argument("--concurrency", type=int, default=24, help="threads per Celery worker")
+    parser.add_argument("--prefetch", type=int, default=8, help="worker_prefetch_multiplier")
+    parser.add_argument("--in-flight", type=int, default=8, help="max_requests_in_flight per registration")
+    parser.add_argument("--sandbox-workers", type=int, default=2)
+    parser.add_argument("--sandbox-threads", type=int, default=8)
+    parser.add_argument("--recorder-threads", type=int, default=4)
+    parser.add_argument("--redis-db", type=int, default=12, help="broker db (the cache uses the next one)")
+    parser.add_argument("--logs", default=str(ROOT / ".cache" / "bench"), help="where process logs go")
+    parser.add_argument("--profile-workers", action="store_true", help="py-spy record the worker during phase 2")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds = min(args.seconds, 10.0)
+        args.burst = min(args.burst, 6000)
+        args.courses = min(args.courses, 5)
+    return args
+
+
+def require_services() -> tuple[str, str]:
+    database_url = os.environ.get("DATABASE_URL", "")
+    broker_url = os.environ.get("CELERY_BROKER_URL", "")
+    problems = []
+    if not database_url.startswith(("postgres://", "postgresql://")):
+        problems.append("DATABASE_URL must point at PostgreSQL (postgres://user@127.0.0.1:5432/name)")
+    if not broker_url.startswith("redis://"):
+        problems.append("CELERY_BROKER_URL must point at Redis (redis://127.0.0.1:6379/0)")
+    for url in (database_url, broker_url):
+        host = urlsplit(url).hostname if url else None
+        if host and host not in ("127.0.0.1", "localhost", "::1"):
+            problems.append(f"{url}: this benchmark only talks to 127.0.0.1")
+    if problems:
+        sys.exit("bench_delivery: refusing to run:\n  " + "\n  ".join(problems))
+    return database_url, broker_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    database_url, broker_url = require_services()
+    started_at = time.monotonic()
+    bench_db = derived_database_url(database_url, "_bench")
+    log(f"database {urlsplit(bench_db).path.lstrip('/')}, Redis dbs {args.redis_db}/{args.redis_db + 1}")
+    prepare_database(bench_db)
+    env = configure_django(bench_db, redis_url(broker_url, args.redis_db), redis_url(broker_url, args.redis_db + 1))
+    migrate()
+    reset_database()
+    from django.core.cache import cache
+
+    from config.celery import app
+
+    cache.clear()
+    app.control.purge()
+    processes = Processes(Path(args.logs))
+    tag = uuid.uuid4().hex[:6]
+    try:
+        port = free_port()
+        sandbox_process = start_sandbox(processes, env, port=port, workers=args.sandbox_workers, threads=args.sandbox_threads)
+        total_cells = args.registrations * args.courses * args.students * args.activities
+        burst_activities = -(-args.burst // (args.registrations * args.courses * args.students))
+        regs, cells = seed(
+            port=port, registrations=args.registrations, courses=args.courses, students=args.students,
+            activities=args.activities + burst_activities, profile=args.profile, in_flight=args.in_flight, tag=tag,
+        )
+        phase1_cells = [c for c in cells if int(c.activity_key.split("-")[1]) < args.activities]
+        burst_cells = [c for c in cells if int(c.activity_key.split("-")[1]) >= args.activities][: args.burst]
+        # Interleave courses so each course's first grade comes early and registrations share the load.
+        phase1_cells.sort(key=lambda c: (c.lti_user.pk * 7919 + c.course.pk * 104729 + hash(c.activity_key)) % 1000003)
+        log(f"seeded {args.registrations} registrations × {args.courses} courses × {args.students} students × "
+            f"{args.activities}+{burst_activities} activities ({len(cells)} cells; phase 1 uses {total_cells})")
+        names = [f"bench-{tag}-w{n}" for n in range(args.workers)]
+        workers = [start_worker(processes, env, name=n, concurrency=args.concurrency, prefetch=args.prefetch) for n in names]
+        wait_for_workers(names)
+        log(f"sandbox LMS on 127.0.0.1:{port} ({args.sandbox_workers}×{args.sandbox_threads} gthread), "
+            f"{args.workers} worker(s) × {args.concurrency} threads, prefetch {args.prefetch}, "
+            f"in-flight {args.in_flight}/registration")
+
+        # Phase 1: latency at a fixed rate.
+        cpu0 = sum(cpu_seconds(w.pid) for w in workers)
+        results = record_at_rate(phase1_cells, rate=args.rate, seconds=args.seconds, threads=args.recorder_threads, tag=tag)
+        wait_drained(None, 120)
+        cpu1 = sum(cpu_seconds(w.pid) for w in workers)
+        to_lms, to_sent, first, lost1 = latencies(phase1_cells, results)
+        log(f"phase 1 latency commit → LMS receipt: {summary(to_lms)}")
+        log(f"phase 1 latency commit → sent_at:     {summary(to_sent)}")
+        log(f"phase 1 first grade of each course:   {summary(first)}")
+        log(f"phase 1 worker CPU {cpu1 - cpu0:.1f} s for {len(to_lms)} deliveries "
+            f"({(cpu1 - cpu0) / max(len(to_lms), 1) * 1000:.2f} ms/delivery)")
+
+        # Phase 2: throughput of a burst.
+        # Only this run's workers listen on this broker database.
+        app.control.cancel_consumer("grades", reply=True)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        burst_ids = write_burst(burst_cells, tag)
+        publish(burst_ids)
+        log(f"burst: {len(burst_ids)} outbox rows written and queued in {time.monotonic() - t0:.1f} s")
+        spy = None
+        if args.profile_workers:
+            spy = subprocess.Popen(
+                [str(VENV_BIN / "py-spy"), "record", "-p", str(workers[0].pid), "-o", str(Path(args.logs) / "worker.svg"),
+                 "-r", "50", "-d", "40", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        cpu0 = sum(cpu_seconds(w.pid) for w in workers)
+        sandbox_cpu0 = sandbox_cpu(sandbox_process)
+        t_start = time.monotonic()
+        app.control.add_consumer("grades", reply=True)
+        drained = wait_drained(burst_ids, 400)
+        elapsed = time.monotonic() - t_start
+        cpu1 = sum(cpu_seconds(w.pid) for w in workers)
+        sandbox_cpu1 = sandbox_cpu(sandbox_process)
+        if spy is not None:
+            spy.wait(timeout=60)
+        from django.db.models import Count
+
+        from gradesync.models import Delivery, DeliveryStatus
+
+        sent_burst = Delivery.objects.filter(pk__in=burst_ids, status=DeliveryStatus.SENT).count()
+        rate = sent_burst / elapsed
+        log(f"phase 2: {sent_burst}/{len(burst_ids)} sent in {elapsed:.1f} s = {rate:.0f} deliveries/s "
+            f"({'drained' if drained else 'NOT drained'}); busy ≥ 60 s: {'yes' if elapsed >= 60 else 'no'}")
+        log(f"phase 2 CPU: workers {cpu1 - cpu0:.1f} s = {(cpu1 - cpu0) / max(sent_burst, 1) * 1000:.2f} ms/delivery; "
+            f"sandbox LMS {sandbox_cpu1 - sandbox_cpu0:.1f} s = "
+            f"{(sandbox_cpu1 - sandbox_cpu0) / max(sent_burst, 1) * 1000:.2f} ms/request")
+        lost2 = len(burst_ids) - sent_burst
+        statuses = dict(Delivery.objects.values_list("status").annotate(n=Count("id")))
+        tokens = token_requests(regs)
+        log(f"token requests per registration: {tokens}; delivery statuses: {statuses}")
+        lost = lost1 + lost2
+        log(f"total {time.monotonic() - started_at:.0f} s; logs in {args.logs}")
+        print(
+            f"bench: p50_ms={percentile(to_lms, 50):.0f} p99_ms={percentile(to_lms, 99):.0f} "
+            f"first_grade_p99_ms={percentile(first, 99):.0f} deliveries_per_s={rate:.0f} "
+            f"token_requests={sum(tokens)} lost={lost}",
+            flush=True,
+        )
+        return 0
+    finally:
+        processes.stop_all()
+
+
+def sandbox_cpu(process: subprocess.Popen) -> float:
+    """The gunicorn master and its workers (children in its process group)."""
+    total = cpu_seconds(process.pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == process.pid:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+if __name__ == "__main__":
+    sys.exit(main())
