@@ -5,14 +5,17 @@ is bound to, or a staff member logged in directly (their attempts never sync).
 """
 from __future__ import annotations
 
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from gradesync import api as gradesync_api
+
 from . import services
-from .models import QUESTION_KINDS, TIMED_KINDS, Activity, ActivityKind, ActivityLink, Attempt, LaunchRole
+from .models import QUESTION_KINDS, TIMED_KINDS, Activity, ActivityKind, ActivityLink, Attempt, LaunchRole, Placement
 from .services import AttemptRefused, Player, ScheduleRefused
 from .sessions import current_launch
 
@@ -262,3 +265,66 @@ def schedule(request: HttpRequest) -> HttpResponse:
         status=status,
     )
 
+
+
+NOT_INSTRUCTOR = "Only the course's instructors see its grade sync: open this page from your LMS course as an instructor."
+
+
+def _instructor_course(request: HttpRequest, course_id: int):
+    """The launch's course when the session is an instructor's launch from it; another course is 404."""
+    launch = current_launch(request)
+    if launch is None or launch.role != LaunchRole.INSTRUCTOR:
+        return launch, None
+    if launch.course_id != course_id:
+        raise Http404("No such course.")  # not yours looks like not there
+    return launch, launch.course
+
+
+def _graded_activities(course) -> list[tuple[str, str]]:
+    graded = (
+        Activity.objects.filter(
+            Q(pk__in=Placement.objects.filter(course=course, graded=True).values("activity"))
+            | Q(pk__in=ActivityLink.objects.filter(course=course, graded=True).values("activity"))
+        )
+        .order_by("position", "id")
+        .values_list("pk", "title")
+    )
+    return [(str(pk), title) for pk, title in graded]
+
+
+@xframe_options_exempt
+@require_http_methods(["GET", "POST"])
+def grade_sync(request: HttpRequest, course_id: int) -> HttpResponse:
+    """The instructor's grade sync for their course: learners × graded activities, and "Resync this course"."""
+    launch, course = _instructor_course(request, course_id)
+    if course is None:
+        return refuse(request, NOT_INSTRUCTOR, status=403)
+    outcome, status = None, 200
+    if request.method == "POST":
+        outcome = gradesync_api.request_course_resync(course=course, instructor=launch.lti_user)
+        if not outcome.started:
+            status = 429 if outcome.retry_at else 409
+    grid = gradesync_api.course_sync_grid(course=course, activities=_graded_activities(course))
+    return render(
+        request,
+        "courseware/grade_sync.html",
+        {"launch": launch, "course": course, "grid": grid, "outcome": outcome},
+        status=status,
+    )
+
+
+@xframe_options_exempt
+@require_GET
+def grade_sync_progress(request: HttpRequest, course_id: int) -> JsonResponse:
+    """The course's latest resync, polled by the grade sync page."""
+    _launch, course = _instructor_course(request, course_id)
+    if course is None:
+        return JsonResponse({"error": NOT_INSTRUCTOR}, status=403)
+    state = gradesync_api.course_resync_state(course=course)
+    return JsonResponse(
+        {
+            "status": state.status, "status_label": state.status_label, "percent": state.percent,
+            "planned": state.planned, "sent": state.sent, "refused": state.refused, "failed": state.failed,
+            "active": state.active,
+        }
+    )

@@ -9,12 +9,18 @@ import datetime
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.utils import timezone
+
 from lti_tool.models import LtiDeployment, LtiLineItem, LtiResourceLink, LtiUser
 
 from institutions.models import Course
 
-from . import services
-from .models import Result
+from . import resync, services
+from .models import Delivery, DeliveryStatus, ResyncJob, Result
+from .resync import CourseResyncRequest
+
+__all__ = ["LaunchFacts", "NO_LAUNCH", "record_result", "record_launch_endpoints", "course_sync_grid",
+           "request_course_resync", "course_resync_state", "CourseSyncGrid", "CourseResyncRequest"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +106,131 @@ def record_launch_endpoints(
     # Only one line item is bound to a resource link: one that the LMS now names replaces older ones.
     LtiLineItem.objects.filter(resource_link=resource_link).exclude(pk=line_item.pk).update(resource_link=None)
     return line_item
+
+
+# --- The instructor's view of their course's grade sync --------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncCell:
+    """One learner's grade for one activity: "sent", "pending", "refused", "failed", "not_synced" or "none"."""
+
+    state: str
+    label: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SyncRow:
+    learner: str
+    cells: list[SyncCell]
+
+
+@dataclass(frozen=True)
+class CourseResyncState:
+    """The course's latest resync, and when an instructor may ask for the next one."""
+
+    job_id: int | None
+    status: str
+    status_label: str
+    percent: int
+    planned: int
+    sent: int
+    refused: int
+    failed: int
+    active: bool
+    next_allowed_at: datetime.datetime | None
+
+
+@dataclass(frozen=True)
+class CourseSyncGrid:
+    activities: list[tuple[str, str]]  # (activity key, title)
+    rows: list[SyncRow]
+    resync: CourseResyncState
+
+
+_DELIVERY_STATES = {
+    DeliveryStatus.SENT: "sent",
+    DeliveryStatus.PENDING: "pending",
+    DeliveryStatus.SENDING: "pending",
+    DeliveryStatus.RETRYING: "pending",
+    DeliveryStatus.REFUSED: "refused",
+    DeliveryStatus.DEAD: "failed",
+}
+
+
+def _cell(delivery: dict | None, results: list[dict]) -> SyncCell:
+    if delivery is not None:
+        state = _DELIVERY_STATES[delivery["status"]]
+        percent = f"{float(delivery['score']) * 100:.0f}%"
+        if state == "sent":
+            return SyncCell(state, f"Sent {percent}")
+        if state == "pending":
+            waiting = delivery["status"] == DeliveryStatus.RETRYING and delivery["last_message"]
+            return SyncCell(state, f"Pending {percent}", delivery["last_message"] if waiting else "")
+        label = "Refused by the LMS" if state == "refused" else "Failed"
+        return SyncCell(state, f"{label} ({percent})", delivery["last_message"])
+    if any(r["is_eligible"] for r in results):
+        return SyncCell("pending", "Not sent yet")
+    if results:
+        return SyncCell("not_synced", "Not synced", results[-1]["ineligible_reason"])
+    return SyncCell("none", "—")
+
+
+def course_sync_grid(*, course: Course, activities: list[tuple[str, str]] = ()) -> CourseSyncGrid:
+    """Learners × graded activities of one course, each cell's sync state, and the course's resync.
+
+    `activities` are the course's graded activities as (key, title); activities with results are
+    added. The caller has checked the course is the requester's own.
+    """
+    columns = dict(activities)
+    results: dict[tuple[int, str], list[dict]] = {}
+    learners: dict[int, str] = {}
+    for row in Result.objects.filter(course=course, lti_user__isnull=False).order_by("id").values(
+        "lti_user_id", "lti_user__name", "lti_user__email", "lti_user__sub", "launch_role", "activity_key",
+        "activity_title", "is_eligible", "ineligible_reason",
+    ):
+        if row["launch_role"] == "learner" or row["is_eligible"]:
+            learners[row["lti_user_id"]] = row["lti_user__name"] or row["lti_user__email"] or row["lti_user__sub"]
+        columns.setdefault(row["activity_key"], row["activity_title"] or row["activity_key"])
+        results.setdefault((row["lti_user_id"], row["activity_key"]), []).append(row)
+    latest: dict[tuple[int, str], dict] = {}
+    for row in Delivery.objects.filter(course=course).order_by("-id").values(
+        "lti_user_id", "activity_key", "status", "score", "last_message"
+    ):
+        latest.setdefault((row["lti_user_id"], row["activity_key"]), row)
+    rows = [
+        SyncRow(
+            learner=name,
+            cells=[_cell(latest.get((user_id, key)), results.get((user_id, key), [])) for key in columns],
+        )
+        for user_id, name in sorted(learners.items(), key=lambda item: item[1].lower())
+    ]
+    return CourseSyncGrid(activities=list(columns.items()), rows=rows, resync=course_resync_state(course=course))
+
+
+def course_resync_state(*, course: Course) -> CourseResyncState:
+    """The course's latest whole-course resync with its progress, and when an instructor may ask again."""
+    job = ResyncJob.objects.filter(course=course, lti_user__isnull=True, activity_key="", delivery__isnull=True).order_by("-id").first()
+    last_asked = (
+        ResyncJob.objects.filter(course=course, requested_by_instructor__isnull=False).order_by("-created_at").values_list("created_at", flat=True).first()
+    )
+    next_allowed = last_asked + resync.INSTRUCTOR_COOLDOWN if last_asked else None
+    if next_allowed is not None and next_allowed <= timezone.now():
+        next_allowed = None
+    if job is None:
+        return CourseResyncState(None, "", "", 0, 0, 0, 0, 0, False, next_allowed)
+    progress = resync.refresh_progress(job)
+    return CourseResyncState(
+        job.pk, progress.status, progress.status_label, progress.percent, progress.planned, progress.sent,
+        progress.refused, progress.failed, progress.active, next_allowed,
+    )
+
+
+def request_course_resync(*, course: Course, instructor: LtiUser) -> CourseResyncRequest:
+    """An instructor resyncs their own course (the caller checked they launched from it as instructor).
+
+    One active job per course and at most one instructor request per 10 minutes per course: a
+    refusal says why and when to try again.
+    """
+    return resync.request_course_resync(course=course, instructor=instructor)

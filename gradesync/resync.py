@@ -467,6 +467,7 @@ class Progress:
     skipped: int
     pending: int
     planning: bool
+    active: bool
     percent: int
     message: str
 
@@ -507,7 +508,7 @@ def progress_of(job: ResyncJob, *, pending: int | None = None) -> Progress:
         job_id=job.pk, status=job.status, status_label=job.get_status_display(), estimated=job.estimated,
         planned=job.planned, sent=job.sent, refused=job.refused, failed=job.failed, skipped=job.skipped,
         pending=pending if pending is not None else max(job.planned - job.sent - job.refused - job.failed, 0),
-        planning=job.is_active and job.planned_at is None, percent=min(percent, 100), message=job.message,
+        planning=job.is_active and job.planned_at is None, active=job.is_active, percent=min(percent, 100), message=job.message,
     )
 
 
