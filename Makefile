@@ -34,6 +34,14 @@ worker: venv
 beat: venv
 	$(VENV)/bin/celery -A config beat --loglevel=INFO
 
+## Grade delivery benchmark and fault drills (need DATABASE_URL=postgres://… and CELERY_BROKER_URL=redis://…
+## on 127.0.0.1; see docs/benchmarks.md). BENCH_ARGS=--quick, DRILLS_ARGS="--only NAME".
+bench: venv
+	$(PY) scripts/bench_delivery.py $(BENCH_ARGS)
+
+drills: venv
+	$(PY) scripts/drills.py $(DRILLS_ARGS)
+
 lint: venv
 	$(VENV)/bin/lint-imports
 

@@ -14,12 +14,13 @@ import email.utils
 import logging
 import random
 import re
+import threading
 import time
 from decimal import Decimal
 from typing import Callable
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 from lti_tool.models import LtiLineItem, LtiResourceLink, LtiUser
@@ -249,6 +250,10 @@ def _next_timestamp(delivery: Delivery, lms_family: str, *, after: datetime.date
     return candidate
 
 
+_held_slots: set[str] = set()  # the slots this process holds now: no round trip to the cache to find them taken
+_held_lock = threading.Lock()
+
+
 class InFlightLimit:
     """At most N requests in flight to one registration, across all workers (slots in the shared cache)."""
 
@@ -263,7 +268,11 @@ class InFlightLimit:
         delay = 0.002
         while True:
             for key in random.sample(self.keys, len(self.keys)):
+                if key in _held_slots:
+                    continue
                 if cache.add(key, 1, IN_FLIGHT_SLOT_SECONDS):
+                    with _held_lock:
+                        _held_slots.add(key)
                     self.held = key
                     return True
             if timezone.now() >= deadline:
@@ -276,6 +285,8 @@ class InFlightLimit:
 
         if self.held:
             cache.delete(self.held)
+            with _held_lock:
+                _held_slots.discard(self.held)
             self.held = None
 
 
@@ -309,6 +320,10 @@ def _resolve_line_item(delivery: Delivery, token_for: Callable[[tuple[str, ...]]
 
 def deliver(delivery_id: int) -> str:
     """Send one delivery. Idempotent: returns quietly when the row is gone, done, or claimed elsewhere."""
+    # Workers keep their connections across tasks (CELERY_DB_REUSE_MAX): drop one a database
+    # restart broke, or one past CONN_MAX_AGE, as Django does at the start of a request.
+    if not transaction.get_connection().in_atomic_block:
+        close_old_connections()
     now = timezone.now()
     if not _claim(delivery_id, now):
         return "not claimed"

@@ -90,7 +90,9 @@ def configure_django(database_url: str, broker_url: str, cache_url: str, extra: 
         "CELERY_TASK_ALWAYS_EAGER": "False",
         "SANDBOX_LMS": "True",
         "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DEBUG": "True",
+        "DEBUG": "False",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or uuid.uuid4().hex * 2,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING",
         "CONN_MAX_AGE": "600",
         **(extra or {}),
@@ -616,8 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         spy = None
         if args.profile_workers:
             spy = subprocess.Popen(
-                [str(VENV_BIN / "py-spy"), "record", "-p", str(workers[0].pid), "-o", str(Path(args.logs) / "worker.svg"),
-                 "-r", "50", "-d", "40", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                [str(VENV_BIN / "py-spy"), "record", "-p", str(workers[0].pid), "-o", str(Path(args.logs) / "worker.txt"),
+                 "--format", "raw", "-r", "50", "-d", "30", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         cpu0 = sum(cpu_seconds(w.pid) for w in workers)
