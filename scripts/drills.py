@@ -392,7 +392,19 @@ def drill_token_401(stage: Stage) -> str | None:
         log("  sandbox tokens deleted and the LMS restarted: the cached token is now answered 401")
 
     run.record_all(during=fault)
-    return run.check(60)
+    why = run.check(60)
+    from sandbox_lms.models import SandboxRegistration, SandboxRequestLog
+
+    issued = SandboxRegistration.objects.get(pk=run.sandbox_registration.pk).tokens_issued
+    # A 401 is logged before the sandbox knows the registration: count by this drill's line items.
+    paths = [f"/api/lineitems/{c.sandbox_line_item_id}/" for c in run.cells[:: len(run.cells) // 3 or 1]]
+    rejected = sum(SandboxRequestLog.objects.filter(status=401, path__contains=p).count() for p in set(paths))
+    log(f"  token_401: {rejected} requests answered 401, {issued} tokens issued")
+    if not rejected:
+        why = "; ".join(filter(None, [why, "no request met a 401: the drill did not exercise the fault"]))
+    elif issued > 2:
+        why = "; ".join(filter(None, [why, f"{issued} tokens issued after one rejection (expected 2)"]))
+    return why
 
 
 def drill_duplicate_task(stage: Stage) -> str | None:
