@@ -17,7 +17,8 @@ STAFF_APPS = ["lti_tool", "institutions", "courseware", "gradesync", "auth"]
 # Every role reads everything staff can see, but never users and groups' secrets to change.
 # (app label, model, verbs) each role may use beyond viewing; plus named permissions.
 ROLE_RULES: dict[str, dict[str, Any]] = {
-    READ_ONLY: {"manage": [], "named": []},
+    # Every staff role reads grade sync diagnostics and health (gradesync.admin_support).
+    READ_ONLY: {"manage": [], "named": [("gradesync", "view_diagnostics")]},
     INTEGRATION: {
         "manage": [
             ("lti_tool", "ltiregistration", ["add", "change", "delete"]),
@@ -27,7 +28,7 @@ ROLE_RULES: dict[str, dict[str, Any]] = {
             ("institutions", "registrationprofile", ["add", "change", "delete"]),
             ("institutions", "deploymentownership", ["add", "change", "delete"]),
         ],
-        "named": [],
+        "named": [("gradesync", "view_diagnostics")],
     },
     SUPPORT: {
         "manage": [("institutions", "course", ["change"])],
