@@ -3,9 +3,12 @@ from django.contrib import admin
 from django.urls import include, path
 from lti_tool.views import jwks
 
+from gradesync import admin_support
 from institutions.tool_configuration import JWKS_PATH
 
 urlpatterns = [
+    # Support pages (why a grade did not sync, sync health): before the admin's own catch-alls.
+    path("admin/gradesync/", include(admin_support.urlpatterns)),
     path("admin/", admin.site.urls),
     path("", include("courseware.launch.urls")),
     path(JWKS_PATH, jwks, name="lti-jwks"),

@@ -1,0 +1,329 @@
+""""Why didn't this grade sync?" for one (learner, activity, course), in words support can act on.
+
+`diagnose(...)` reads only grade sync's own tables (the result ledger, the delivery outbox and
+its exchanges, sync warnings) plus the tenant rows they point at, in a fixed number of queries.
+It returns every eligibility rule with the fact behind it, the attempts and the one the policy
+picks, every exchange with the LMS, and the next steps. `find(...)` is the search box behind it.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+from django.db.models import Count, Max, Q
+from lti_tool.models import LtiLineItem, LtiUser
+
+from institutions.models import Course, GradePolicy, LmsFamily
+
+from .eligibility import ROLE_WORDS, RuleCheck, check_result
+from .models import Delivery, DeliveryExchange, DeliveryStatus, Result, SyncWarning
+from .outcomes import classify
+from .policy import pick_result
+
+MAX_EXCHANGES = 200
+MAX_SEARCH_ROWS = 50
+CANVAS_NOT_LINKED = "not linked to a tool associated with this context"
+
+# The next step for each failed rule. Eligibility is decided when an attempt is recorded and a
+# resync resends only eligible results, so for most rules the fix is the cause plus a new attempt.
+RULE_STEPS: dict[str, str] = {
+    "learner": "Only a student's own attempts sync. The attempt was made as {role}: the student must launch "
+    "the activity from the LMS course as a student and take it there (instructors and Student View never sync).",
+    "launched_from_course": "The attempt did not start from a launch in this course (a direct login, or a launch "
+    "from another course). Ask the student to open the activity from this course's link in the LMS and take it there.",
+    "within_course_dates": "The attempt was completed outside the course's dates. If the dates are wrong, correct "
+    "them on the course (Support) or in the LMS; attempts completed after that sync.",
+    "graded_link": "The link was added to the course ungraded. Have the instructor add the activity again as "
+    "Graded through deep linking (or bind it to an assignment in the LMS and launch it once); later attempts sync.",
+    "line_item_bound": "No LMS assignment (line item) is bound to the link and the LMS gave no line items service. "
+    "Have the instructor make the link graded in the LMS and launch it once: the line item binds at launch.",
+    "deployment_accepts": "{fact} The integration team activates the deployment and assigns it to an active "
+    "institution; attempts after that sync.",
+    "one_line_item": "{fact}",
+    "deployment_scope": "The course is launched under another deployment than its links were made under: it "
+    "probably moved to another sub-account. Deploy the tool where the course now is (integration team), have the "
+    "instructor launch once, then resync this grade.",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule as support reads it: passed or failed, the fact behind it, and the next step when failed."""
+
+    rule: str
+    title: str
+    passed: bool
+    fact: str
+    step: str = ""
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    result: Result
+    picked: bool
+
+    @property
+    def percent(self) -> str:
+        return f"{float(self.result.score) * 100:.0f}%"
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    delivery: Delivery
+    advice: str
+
+
+@dataclass(frozen=True)
+class ExchangeRow:
+    exchange: DeliveryExchange
+    delivery_id: int
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    lti_user: LtiUser
+    course: Course
+    activity_key: str
+    activity_title: str
+    lms_family: str
+    policy: str
+    rules_of: Result | None  # the attempt whose facts the rules show
+    rules: list[Rule]
+    attempts: list[AttemptRow]
+    picked: Result | None
+    deliveries: list[DeliveryRow]
+    exchanges: list[ExchangeRow]
+    verdict: str
+    next_steps: list[str] = field(default_factory=list)
+    more_exchanges: bool = False
+
+    @property
+    def policy_label(self) -> str:
+        return GradePolicy(self.policy).label if self.policy in GradePolicy.values else self.policy
+
+    @property
+    def failed_rules(self) -> list[Rule]:
+        return [rule for rule in self.rules if not rule.passed]
+
+    @property
+    def latest_delivery(self) -> Delivery | None:
+        return self.deliveries[0].delivery if self.deliveries else None
+
+
+def _who(user: LtiUser) -> str:
+    return user.name or user.email or user.sub
+
+
+def _scope_rule(course: Course, rules_of: Result | None, deliveries: list[Delivery]) -> Rule:
+    """Did the course leave the deployment its links were made under? Facts: the launch's deployment,
+    the course's, the deliveries', and Canvas's 401 "not linked" refusals."""
+    linked = course.deployment
+    problems = []
+    if rules_of is not None and rules_of.launch_deployment_id and rules_of.launch_deployment_id != linked.pk:
+        launched = rules_of.launch_deployment
+        problems.append(
+            f"the attempt was launched under deployment {launched.deployment_id if launched else rules_of.launch_deployment_id}, "
+            f"but the course's links were made under {linked.deployment_id}"
+        )
+    other = sorted({d.deployment.deployment_id for d in deliveries if d.deployment_id != linked.pk})
+    if other:
+        problems.append(f"grades were sent under deployment {', '.join(other)}, not {linked.deployment_id}")
+    refusals = [
+        d for d in deliveries
+        if d.last_status_code == 401 and CANVAS_NOT_LINKED in (d.last_message or "").lower()
+    ]
+    if refusals:
+        problems.append(f"the LMS answered 401 “not linked to a tool associated with this context” (delivery #{refusals[0].pk})")
+    if problems:
+        fact = "Moved out of scope? " + "; ".join(problems) + "."
+        return Rule("deployment_scope", "The course is still in its deployment's scope", False, fact, RULE_STEPS["deployment_scope"])
+    fact = f"Launched and sent under deployment {linked.deployment_id}, the one the course's links were made under."
+    if rules_of is not None and not rules_of.launch_deployment_id:
+        fact = f"The course's links were made under deployment {linked.deployment_id}; the attempt had no launch to compare."
+    return Rule("deployment_scope", "The course is still in its deployment's scope", True, fact)
+
+
+def _line_item_rule(warnings: list[SyncWarning], line_items: list[LtiLineItem]) -> Rule:
+    duplicate = next((w for w in warnings if w.kind == "duplicate_line_items"), None)
+    if duplicate is not None:
+        return Rule("one_line_item", "One LMS assignment for this activity", False, duplicate.message, duplicate.message)
+    if len({item.url for item in line_items}) > 1:
+        fact = f"{len(line_items)} LMS line items in this course point at this activity: " + ", ".join(i.label for i in line_items) + "."
+        return Rule("one_line_item", "One LMS assignment for this activity", False, fact,
+                    fact + " Grades go to the one bound to the launched link; remove the extra column in the LMS.")
+    fact = "One line item for this activity." if line_items else "No line item for this activity yet."
+    return Rule("one_line_item", "One LMS assignment for this activity", True, fact)
+
+
+def _rule(check: RuleCheck, role: str) -> Rule:
+    step = "" if check.passed else RULE_STEPS.get(check.rule, "").format(role=ROLE_WORDS.get(role, role), fact=check.fact)
+    return Rule(check.rule, check.title, check.passed, check.fact, step)
+
+
+def delivery_advice(delivery: Delivery, lms_family: str, last_exchange: DeliveryExchange | None) -> str:
+    """The next step for one delivery, in plain words; the LMS's own refusal advice from `outcomes`."""
+    if delivery.status == DeliveryStatus.SENT:
+        when = delivery.sent_at.strftime("%Y-%m-%d %H:%M:%S UTC") if delivery.sent_at else "—"
+        return f"Nothing to do: the LMS accepted {float(delivery.score) * 100:.0f}% at {when}."
+    if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING):
+        return "Queued: it is sent within seconds. If it waits for minutes, check that the grade workers run (Sync health)."
+    code = delivery.last_status_code
+    body = last_exchange.message if last_exchange is not None else delivery.last_message
+    advice = classify(lms_family, code, body or "").advice if code is not None else ""
+    if delivery.status == DeliveryStatus.RETRYING:
+        when = delivery.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S UTC") if delivery.next_attempt_at else "soon"
+        return f"{advice or 'The LMS did not take it yet; it is retried automatically.'} Next try: {when}."
+    if delivery.status == DeliveryStatus.DEAD:
+        return ("Gave up after repeated failures. Fix the cause the last message names (the LMS's availability, "
+                "our key or client id in the LMS), then resync this grade.")
+    # Refused: the classification's advice, which our own message begins with when it came from the LMS.
+    return advice or delivery.last_message or "The LMS refused the grade; read its message, fix the cause, then resync."
+
+
+def diagnose(*, lti_user: LtiUser, course: Course, activity_key: str) -> Diagnosis:
+    """Every fact support needs about one grade, and what to do next."""
+    course = (
+        Course.objects.select_related("context", "institution", "deployment__ownership__institution", "deployment__registration__profile")
+        .get(pk=course.pk)
+    )
+    profile = getattr(course.deployment.registration, "profile", None)
+    lms_family = profile.lms_family if profile else LmsFamily.OTHER
+    policy = course.institution.grade_policy
+    results = list(
+        Result.objects.filter(course=course, lti_user=lti_user, activity_key=activity_key)
+        .select_related("launched_course__context", "launch_deployment", "resource_link")
+        .order_by("-completed_at", "-id")
+    )
+    deliveries = list(
+        Delivery.objects.filter(course=course, lti_user=lti_user, activity_key=activity_key)
+        .select_related("deployment", "line_item")
+        .order_by("-id")
+    )
+    exchanges = list(
+        DeliveryExchange.objects.filter(delivery__in=[d.pk for d in deliveries]).order_by("-attempted_at", "-id")[: MAX_EXCHANGES + 1]
+    )
+    more_exchanges = len(exchanges) > MAX_EXCHANGES
+    exchanges = exchanges[:MAX_EXCHANGES]
+    warnings = list(SyncWarning.objects.filter(course=course, activity_key=activity_key))
+    link_ids = {r.resource_link_id for r in results if r.resource_link_id} | {d.resource_link_id for d in deliveries if d.resource_link_id}
+    line_items = list(
+        LtiLineItem.objects.filter(context_id=course.context_id)
+        .filter(Q(resource_link_id__in=link_ids) | Q(resource_id=activity_key))
+        .order_by("-id")
+    )
+
+    picked = pick_result(results, policy)
+    rules_of = picked or (results[0] if results else None)
+    rules: list[Rule] = []
+    if rules_of is not None:
+        bound = next((i for i in line_items if rules_of.resource_link_id and i.resource_link_id == rules_of.resource_link_id), None)
+        rules = [_rule(check, rules_of.launch_role) for check in check_result(rules_of, course=course, line_item=bound)]
+    rules.append(_line_item_rule(warnings, line_items))
+    rules.append(_scope_rule(course, rules_of, deliveries))
+
+    last_exchange: dict[int, DeliveryExchange] = {}
+    for exchange in exchanges:
+        last_exchange.setdefault(exchange.delivery_id, exchange)
+    delivery_rows = [DeliveryRow(d, delivery_advice(d, lms_family, last_exchange.get(d.pk))) for d in deliveries]
+
+    verdict, steps = _verdict(results, picked, delivery_rows, rules)
+    return Diagnosis(
+        lti_user=lti_user,
+        course=course,
+        activity_key=activity_key,
+        activity_title=next((r.activity_title for r in results if r.activity_title), "") or activity_key,
+        lms_family=lms_family,
+        policy=policy,
+        rules_of=rules_of,
+        rules=rules,
+        attempts=[AttemptRow(r, picked is not None and r.pk == picked.pk) for r in results],
+        picked=picked,
+        deliveries=delivery_rows,
+        exchanges=[ExchangeRow(x, x.delivery_id) for x in exchanges],
+        verdict=verdict,
+        next_steps=steps,
+        more_exchanges=more_exchanges,
+    )
+
+
+def _verdict(results: list[Result], picked: Result | None, deliveries: list[DeliveryRow], rules: list[Rule]) -> tuple[str, list[str]]:
+    steps: list[str] = []
+    failed = [rule for rule in rules if not rule.passed]
+    if not results:
+        return (
+            "No result recorded: the learner has not finished a scored attempt at this activity in this course.",
+            ["Check that the learner finished the activity (Courseware › Attempts); nothing was reported to grade sync."],
+        )
+    if picked is None:
+        verdict = "Not synced: no attempt is eligible. " + "; ".join(f"{r.title} — failed" for r in failed[:3])
+        steps = [rule.step for rule in failed if rule.step]
+        return verdict, steps or ["No attempt is eligible; see each attempt's reason below."]
+    if not deliveries:
+        return (
+            "Eligible, but no grade was queued for the LMS.",
+            [rule.step for rule in failed if rule.step] + ["Resync this grade to send the policy's grade now."],
+        )
+    latest = deliveries[0]
+    status = latest.delivery.get_status_display()
+    verdict = f"{status}: {float(latest.delivery.score) * 100:.0f}% (delivery #{latest.delivery.pk})."
+    if latest.delivery.status != DeliveryStatus.SENT:
+        steps.append(latest.advice)
+    if latest.delivery.status == DeliveryStatus.SENT and latest.delivery.score != picked.score:
+        steps.append("The grade sent differs from the one the policy picks now (a policy change or a newer attempt); "
+                     "resync this grade.")
+    # Scope and duplicate line items matter even for grades that were queued.
+    steps += [rule.step for rule in failed if rule.rule in ("deployment_scope", "one_line_item") and rule.step not in steps]
+    return verdict, [s for s in steps if s] or [latest.advice]
+
+
+# --- The search box ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    lti_user_id: int
+    learner: str
+    email: str
+    sub: str
+    course_id: int
+    course: str
+    context_id: str
+    institution: str
+    activity_key: str
+    activity_title: str
+    attempts: int
+    last_completed_at: datetime.datetime | None
+
+
+def find(query: str, *, limit: int = MAX_SEARCH_ROWS) -> list[Match]:
+    """(learner, course, activity) triples with results, found by LMS user id (sub), email, name,
+    course title, LMS context id, or a delivery / result id (#123)."""
+    text = (query or "").strip()
+    if not text:
+        return []
+    if text.lstrip("#").isdigit():
+        number = int(text.lstrip("#"))
+        where = Q(pk=number) | Q(deliveries__pk=number)
+    else:
+        users = LtiUser.objects.filter(Q(sub=text) | Q(email__iexact=text) | Q(name__icontains=text)).values("pk")[:200]
+        courses = Course.objects.filter(Q(title__icontains=text) | Q(context__id_on_platform=text)).values("pk")[:200]
+        where = Q(lti_user__in=users) | Q(course__in=courses)
+    rows = (
+        Result.objects.filter(where, lti_user__isnull=False)
+        .values(
+            "lti_user_id", "lti_user__name", "lti_user__email", "lti_user__sub", "course_id", "course__title",
+            "course__context__id_on_platform", "course__institution__name", "activity_key",
+        )
+        .annotate(attempts=Count("pk", distinct=True), last=Max("completed_at"), title=Max("activity_title"))
+        .order_by("-last")[:limit]
+    )
+    return [
+        Match(
+            lti_user_id=row["lti_user_id"], learner=row["lti_user__name"] or row["lti_user__email"] or row["lti_user__sub"],
+            email=row["lti_user__email"], sub=row["lti_user__sub"], course_id=row["course_id"],
+            course=row["course__title"] or row["course__context__id_on_platform"], context_id=row["course__context__id_on_platform"],
+            institution=row["course__institution__name"], activity_key=row["activity_key"],
+            activity_title=row["title"] or row["activity_key"], attempts=row["attempts"], last_completed_at=row["last"],
+        )
+        for row in rows
+    ]

@@ -1,0 +1,322 @@
+"""Sync health, per institution and overall: counts by state, latency, backlog, refusals, and an hourly chart.
+
+Every figure is a bounded query on an indexed column of the outbox (`updated_at`, `status`,
+`institution`), and comes with the Delivery changelist filters that list the rows behind it.
+Latency is recorded_at → sent_at of live grades (resyncs are batches and would hide the live
+figure): PostgreSQL's percentile_cont over the window; elsewhere, Python over the latest rows.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from django.db import connection
+from django.db.models import Count, Min
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from institutions.models import Institution
+
+from .models import OPEN_STATUSES, Delivery, DeliveryStatus
+
+# The states support reads; "pending" includes rows a worker is sending right now.
+STATES: dict[str, list[str]] = {
+    "sent": [DeliveryStatus.SENT],
+    "pending": [DeliveryStatus.PENDING, DeliveryStatus.SENDING],
+    "retrying": [DeliveryStatus.RETRYING],
+    "refused": [DeliveryStatus.REFUSED],
+    "dead": [DeliveryStatus.DEAD],
+}
+STATE_LABELS = {"sent": "Sent", "pending": "Pending", "retrying": "Retrying", "refused": "Refused", "dead": "Failed (gave up)"}
+FAILED = [DeliveryStatus.REFUSED, DeliveryStatus.DEAD]
+WINDOWS = {"24h": datetime.timedelta(hours=24), "7d": datetime.timedelta(days=7)}
+LATENCY_SAMPLE = 20000
+REFUSAL_SAMPLE = 5000
+TOP_REFUSALS = 8
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def changelist_filters(*, institution_id: int | None = None, statuses: list[str] | None = None,
+                       since: datetime.datetime | None = None, until: datetime.datetime | None = None,
+                       **extra: str) -> dict[str, str]:
+    """The Delivery changelist's query parameters for a figure (see DeliveryAdmin.list_filter)."""
+    params: dict[str, str] = {}
+    if statuses:
+        if len(statuses) == 1:
+            params["status__exact"] = statuses[0]
+        else:
+            params["status__in"] = ",".join(statuses)
+    if institution_id is not None:
+        params["institution__id__exact"] = str(institution_id)
+    if since is not None:
+        params["updated_at__gte"] = _iso(since)
+    if until is not None:
+        params["updated_at__lt"] = _iso(until)
+    params.update(extra)
+    return params
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    value: int | float | str | None
+    filters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50: float | None
+    p99: float | None
+    sample: int
+    exact: bool  # computed by the database over the whole window
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status_code: int | None
+    reason: str
+    count: int
+    filters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime.datetime
+    sent: int
+    failed: int
+    other: int
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.failed + self.other
+
+
+@dataclass(frozen=True)
+class InstitutionRow:
+    institution_id: int
+    name: str
+    counts: dict[str, Figure]
+
+
+@dataclass(frozen=True)
+class Health:
+    institution: Institution | None
+    now: datetime.datetime
+    counts: dict[str, dict[str, Figure]]  # window → state → figure
+    latency: dict[str, Latency]  # window → latency
+    oldest_undelivered: Figure
+    oldest_age_seconds: float | None
+    refusals: list[Refusal]
+    chart: list[Bucket]
+    chart_hours: int
+    per_institution: list[InstitutionRow]
+
+
+def _scoped(institution_id: int | None):
+    rows = Delivery.objects.all()
+    return rows.filter(institution_id=institution_id) if institution_id is not None else rows
+
+
+def _counts(institution_id: int | None, since: datetime.datetime) -> dict[str, Figure]:
+    by_status = dict(
+        _scoped(institution_id).filter(updated_at__gte=since).values_list("status").annotate(n=Count("pk")).order_by()
+    )
+    return {
+        state: Figure(STATE_LABELS[state], sum(by_status.get(s, 0) for s in statuses),
+                      changelist_filters(institution_id=institution_id, statuses=statuses, since=since))
+        for state, statuses in STATES.items()
+    }
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks: the same definition as PostgreSQL's percentile_cont."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = fraction * (len(ordered) - 1)
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _latency(institution_id: int | None, since: datetime.datetime) -> Latency:
+    if connection.vendor == "postgresql":
+        sql = (
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM sent_at - recorded_at)), "
+            "count(*) FROM gradesync_delivery "
+            "WHERE status = %s AND NOT is_resync AND sent_at IS NOT NULL AND updated_at >= %s"
+        )
+        params: list = [DeliveryStatus.SENT, since]
+        if institution_id is not None:
+            sql += " AND institution_id = %s"
+            params.append(institution_id)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            quantiles, count = cursor.fetchone()
+        if not count:
+            return Latency(None, None, 0, True)
+        return Latency(float(quantiles[0]), float(quantiles[1]), count, True)
+    rows = list(
+        _scoped(institution_id)
+        .filter(status=DeliveryStatus.SENT, is_resync=False, sent_at__isnull=False, updated_at__gte=since)
+        .order_by("-updated_at")
+        .values_list("recorded_at", "sent_at")[:LATENCY_SAMPLE]
+    )
+    seconds = [max((sent - recorded).total_seconds(), 0.0) for recorded, sent in rows]
+    return Latency(percentile(seconds, 0.5), percentile(seconds, 0.99), len(seconds), len(rows) < LATENCY_SAMPLE)
+
+
+def _refusals(institution_id: int | None, since: datetime.datetime) -> list[Refusal]:
+    """The commonest refusals: grouped by status code and the advice our message starts with."""
+    rows = (
+        _scoped(institution_id)
+        .filter(status=DeliveryStatus.REFUSED, updated_at__gte=since)
+        .order_by("-updated_at")
+        .values_list("last_status_code", "last_message")[:REFUSAL_SAMPLE]
+    )
+    counts: Counter[tuple[int | None, str]] = Counter()
+    for code, message in rows:
+        reason = (message or "").split(" LMS said: ", 1)[0].strip()[:300] or "(no message)"
+        counts[(code, reason)] += 1
+    refusals = []
+    for (code, reason), n in counts.most_common(TOP_REFUSALS):
+        extra = {"last_status_code": str(code)} if code is not None else {"last_status_code__isnull": "True"}
+        if reason != "(no message)":
+            extra["last_message__startswith"] = reason
+        refusals.append(Refusal(code, reason, n, changelist_filters(
+            institution_id=institution_id, statuses=[DeliveryStatus.REFUSED], since=since, **extra)))
+    return refusals
+
+
+def _chart(institution_id: int | None, now: datetime.datetime, hours: int) -> list[Bucket]:
+    end = now.replace(minute=0, second=0, microsecond=0) + datetime.timedelta(hours=1)
+    start = end - datetime.timedelta(hours=hours)
+    grouped = (
+        _scoped(institution_id)
+        .filter(updated_at__gte=start)
+        .annotate(hour=TruncHour("updated_at", tzinfo=datetime.timezone.utc))
+        .values_list("hour", "status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    cells: dict[datetime.datetime, Counter] = {}
+    for hour, status, n in grouped:
+        cells.setdefault(hour.astimezone(datetime.timezone.utc), Counter())[status] += n
+    buckets = []
+    for index in range(hours):
+        moment = start + datetime.timedelta(hours=index)
+        cell = cells.get(moment, Counter())
+        sent = cell[DeliveryStatus.SENT]
+        failed = sum(cell[s] for s in FAILED)
+        buckets.append(Bucket(moment, sent, failed, sum(cell.values()) - sent - failed))
+    return buckets
+
+
+def _per_institution(since: datetime.datetime) -> list[InstitutionRow]:
+    grouped = (
+        Delivery.objects.filter(updated_at__gte=since)
+        .values_list("institution_id", "status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    table: dict[int, Counter] = {}
+    for institution_id, status, n in grouped:
+        table.setdefault(institution_id, Counter())[status] += n
+    rows = []
+    for institution in Institution.objects.order_by("name").only("pk", "name"):
+        cell = table.get(institution.pk, Counter())
+        rows.append(InstitutionRow(institution.pk, institution.name, {
+            state: Figure(STATE_LABELS[state], sum(cell[s] for s in statuses),
+                          changelist_filters(institution_id=institution.pk, statuses=statuses, since=since))
+            for state, statuses in STATES.items()
+        }))
+    return rows
+
+
+def sync_health(*, institution: Institution | None = None, now: datetime.datetime | None = None, chart_hours: int = 24) -> Health:
+    now = now or timezone.now()
+    institution_id = institution.pk if institution is not None else None
+    counts = {name: _counts(institution_id, now - span) for name, span in WINDOWS.items()}
+    latency = {name: _latency(institution_id, now - span) for name, span in WINDOWS.items()}
+    oldest = _scoped(institution_id).filter(status__in=OPEN_STATUSES).aggregate(oldest=Min("recorded_at"))["oldest"]
+    age = (now - oldest).total_seconds() if oldest else None
+    oldest_figure = Figure("Oldest undelivered grade", oldest,
+                           changelist_filters(institution_id=institution_id, statuses=list(OPEN_STATUSES)))
+    return Health(
+        institution=institution,
+        now=now,
+        counts=counts,
+        latency=latency,
+        oldest_undelivered=oldest_figure,
+        oldest_age_seconds=age,
+        refusals=_refusals(institution_id, now - WINDOWS["7d"]),
+        chart=_chart(institution_id, now, chart_hours),
+        chart_hours=chart_hours,
+        per_institution=_per_institution(now - WINDOWS["24h"]) if institution is None else [],
+    )
+
+
+# --- The chart: inline SVG, rendered on the server --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    width: float
+    sent_y: float
+    sent_height: float
+    failed_y: float
+    failed_height: float
+    other_y: float
+    other_height: float
+    bucket: Bucket
+    filters: dict[str, str]
+    failed_filters: dict[str, str]
+    label: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    width: int
+    height: int
+    top: int
+    bottom: int
+    left: int
+    bars: list[Bar]
+    maximum: int
+    ticks: list[tuple[float, str]]  # (x, label)
+    gridlines: list[tuple[float, int]]  # (y, value)
+
+
+def chart_geometry(buckets: list[Bucket], *, institution_id: int | None, width: int = 960, height: int = 220) -> Chart:
+    """Stacked hourly bars (sent, other, failed) scaled to the busiest hour; each bar links to its rows."""
+    left, top, bottom = 44, 10, 28
+    plot_w, plot_h = width - left - 10, height - top - bottom
+    maximum = max((b.total for b in buckets), default=0) or 1
+    slot = plot_w / max(len(buckets), 1)
+    bar_w = max(slot * 0.8, 1.0)
+    bars = []
+    for index, bucket in enumerate(buckets):
+        x = left + index * slot + (slot - bar_w) / 2
+        scale = plot_h / maximum
+        sent_h, other_h, failed_h = bucket.sent * scale, bucket.other * scale, bucket.failed * scale
+        base = top + plot_h
+        end = bucket.start + datetime.timedelta(hours=1)
+        bars.append(Bar(
+            x=round(x, 2), width=round(bar_w, 2),
+            sent_y=round(base - sent_h, 2), sent_height=round(sent_h, 2),
+            other_y=round(base - sent_h - other_h, 2), other_height=round(other_h, 2),
+            failed_y=round(base - sent_h - other_h - failed_h, 2), failed_height=round(failed_h, 2),
+            bucket=bucket,
+            filters=changelist_filters(institution_id=institution_id, since=bucket.start, until=end),
+            failed_filters=changelist_filters(institution_id=institution_id, statuses=FAILED, since=bucket.start, until=end),
+            label=f"{bucket.start:%Y-%m-%d %H:00} UTC: {bucket.sent} sent, {bucket.failed} failed, {bucket.other} other",
+        ))
+    every = max(len(buckets) // 8, 1)
+    ticks = [(b.x + b.width / 2, f"{b.bucket.start:%d %H:00}") for i, b in enumerate(bars) if i % every == 0]
+    gridlines = [(round(top + plot_h - plot_h * f, 2), round(maximum * f)) for f in (0, 0.5, 1)]
+    return Chart(width, height, top, bottom, left, bars, maximum, ticks, gridlines)
