@@ -5,12 +5,14 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import DateFieldListFilter
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from lti_tool.models import LtiUser
 
@@ -19,6 +21,7 @@ from institutions.models import Course, GradePolicy, Institution
 from institutions.services import CHANGE_GRADE_POLICY_PERMISSION, change_grade_policy
 
 from . import resync
+from .admin_paging import EstimatedCountPaginator
 from .models import Delivery, DeliveryExchange, ResyncJob, Result, SyncWarning
 
 
@@ -26,6 +29,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     """Machine-written rows: staff read them; changes go through actions that audit themselves."""
 
     show_full_result_count = False
+    paginator = EstimatedCountPaginator  # no COUNT(*) over millions of rows per page
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -51,9 +55,10 @@ class DeliveryExchangeInline(admin.TabularInline):
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
-    list_display = ["id", "status", "learner", "course", "activity_key", "score", "attempts", "last_status_code", "updated_at"]
-    list_filter = ["status", "is_resync", "institution"]
-    list_select_related = ["lti_user", "course"]
+    list_display = ["id", "status", "learner", "course", "activity_key", "score", "attempts", "last_status_code", "updated_at", "why"]
+    # Every filter is on an indexed column; sync health links here with these parameters.
+    list_filter = ["status", "is_resync", "institution", ("updated_at", DateFieldListFilter), ("sent_at", DateFieldListFilter)]
+    list_select_related = ["lti_user", "course__context"]  # Course.__str__ falls back to its context
     raw_id_fields = ["result", "course", "lti_user", "line_item", "resource_link"]
     search_fields = ["=id", "lti_user__sub", "lti_user__email"]
     ordering = ["-id"]
@@ -97,12 +102,16 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def learner(self, delivery: Delivery) -> str:
         return delivery.lti_user.name or delivery.lti_user.email or delivery.lti_user.sub
 
+    @admin.display(description=_("why?"))
+    def why(self, delivery: Delivery) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("gradesync_why_delivery", args=[delivery.pk]), _("why?"))
+
 
 @admin.register(Result)
 class ResultAdmin(ReadOnlyAdmin):
-    list_display = ["id", "activity_title", "learner", "course", "score", "completed_at", "is_eligible", "ineligible_reason"]
+    list_display = ["id", "activity_title", "learner", "course", "score", "completed_at", "is_eligible", "ineligible_reason", "why"]
     list_filter = ["is_eligible", "launch_role"]
-    list_select_related = ["lti_user", "course"]
+    list_select_related = ["lti_user", "course__context"]
     raw_id_fields = ["lti_user", "course", "resource_link", "launched_course", "launch_deployment"]
     search_fields = ["=id", "lti_user__sub", "lti_user__email", "activity_title"]
     ordering = ["-id"]
@@ -113,11 +122,15 @@ class ResultAdmin(ReadOnlyAdmin):
             return "—"
         return result.lti_user.name or result.lti_user.email or result.lti_user.sub
 
+    @admin.display(description=_("why?"))
+    def why(self, result: Result) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("gradesync_why_result", args=[result.pk]), _("why?"))
+
 
 @admin.register(SyncWarning)
 class SyncWarningAdmin(ReadOnlyAdmin):
     list_display = ["course", "activity_key", "kind", "message", "updated_at"]
-    list_select_related = ["course"]
+    list_select_related = ["course__context"]
     list_filter = ["kind"]
 
 
@@ -189,7 +202,7 @@ class ResyncJobAdmin(ReadOnlyAdmin):
 
     list_display = ["id", "status", "scope", "requested_by_name", "estimated", "planned", "sent", "refused", "failed", "skipped", "created_at", "finished_at"]
     list_filter = ["status"]
-    list_select_related = ["institution", "course", "lti_user", "delivery"]
+    list_select_related = ["institution", "course__context", "lti_user", "delivery"]
     raw_id_fields = ["institution", "course", "lti_user", "delivery", "requested_by", "requested_by_instructor"]
     ordering = ["-id"]
     fields = [
