@@ -56,7 +56,8 @@ class DeliveryExchangeInline(admin.TabularInline):
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
     list_display = ["id", "status", "learner", "course", "activity_key", "score", "attempts", "last_status_code", "updated_at", "why"]
-    # Every filter is on an indexed column; sync health links here with these parameters.
+    # Sync health links here with these parameters. status, institution and updated_at are indexed;
+    # sent_at and is_resync are not, but the pk-ordered page and the bounded count keep them cheap.
     list_filter = ["status", "is_resync", "institution", ("updated_at", DateFieldListFilter), ("sent_at", DateFieldListFilter)]
     list_select_related = ["lti_user", "course__context"]  # Course.__str__ falls back to its context
     raw_id_fields = ["result", "course", "lti_user", "line_item", "resource_link"]

@@ -1,0 +1,170 @@
+"""Sync health: counts by state per window and institution, latency, backlog, refusals, the hourly chart,
+and every figure's link listing exactly the deliveries behind it."""
+from __future__ import annotations
+
+import datetime
+import itertools
+import re
+from decimal import Decimal
+from html import unescape
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from gradesync import health
+from gradesync.models import Delivery, DeliveryStatus, Result
+from institutions.roles import INTEGRATION, READ_ONLY, SUPPORT
+from tests.courseware_factories import LtiUserFactory
+from tests.factories import CourseFactory
+
+pytestmark = pytest.mark.django_db
+_n = itertools.count(1)
+NOW = timezone.now()
+
+
+def delivery(course, status, *, hours_ago=1.0, latency=2.0, code=None, message="", resync=False):
+    user = LtiUserFactory(registration=course.deployment.registration)
+    result = Result.objects.create(
+        source_ref=f"h-{next(_n)}", lti_user=user, course=course, activity_key="a", score=Decimal("0.5"),
+        completed_at=NOW, is_eligible=True,
+    )
+    recorded = NOW - datetime.timedelta(hours=hours_ago)
+    row = Delivery.objects.create(
+        result=result, course=course, institution=course.institution, registration=course.deployment.registration,
+        deployment=course.deployment, lti_user=user, activity_key="a", score=Decimal("0.5"), status=status,
+        recorded_at=recorded, is_resync=resync, last_status_code=code, last_message=message,
+    )
+    Delivery.objects.filter(pk=row.pk).update(
+        updated_at=recorded, sent_at=recorded + datetime.timedelta(seconds=latency) if status == DeliveryStatus.SENT else None
+    )
+    return row
+
+
+ALLOWED = ("Canvas refused: Allowed Attempts reached. Raise Allowed Attempts in Canvas, then resync this grade. "
+           "LMS said: {\"errors\":[{\"message\":\"The maximum number of allowed attempts has been reached\"}]}")
+
+
+@pytest.fixture
+def outbox(two_institutions):
+    north, south = two_institutions
+    n_course, s_course = CourseFactory(institution=north), CourseFactory(institution=south)
+    for latency in (1, 2, 3, 4, 100):
+        delivery(n_course, DeliveryStatus.SENT, latency=latency)
+    delivery(n_course, DeliveryStatus.SENT, latency=500, resync=True)  # resyncs do not count in latency
+    delivery(n_course, DeliveryStatus.SENT, hours_ago=50, latency=7)  # 7 days only
+    delivery(n_course, DeliveryStatus.PENDING, hours_ago=0.1)
+    delivery(n_course, DeliveryStatus.SENDING, hours_ago=0.1)
+    delivery(n_course, DeliveryStatus.RETRYING, hours_ago=3)
+    delivery(n_course, DeliveryStatus.REFUSED, code=422, message=ALLOWED)
+    delivery(n_course, DeliveryStatus.REFUSED, hours_ago=30, code=422, message=ALLOWED.replace("allowed attempts has", "attempts has"))
+    delivery(n_course, DeliveryStatus.DEAD, hours_ago=5)
+    delivery(s_course, DeliveryStatus.SENT, latency=10)
+    delivery(s_course, DeliveryStatus.REFUSED, code=400, message="Moodle refused: not enrolled. LMS said: Incorrect score received")
+    delivery(s_course, DeliveryStatus.PENDING, hours_ago=200)  # older than 7 days by updated_at; still the oldest open
+    return north, south
+
+
+def values(report, window):
+    return {state: figure.value for state, figure in report.counts[window].items()}
+
+
+def test_counts_by_state_per_window_and_institution(outbox):
+    north, south = outbox
+    overall = health.sync_health(now=NOW)
+    assert values(overall, "24h") == {"sent": 7, "pending": 2, "retrying": 1, "refused": 2, "dead": 1}
+    assert values(overall, "7d") == {"sent": 8, "pending": 2, "retrying": 1, "refused": 3, "dead": 1}
+    assert values(health.sync_health(institution=north, now=NOW), "24h") == {"sent": 6, "pending": 2, "retrying": 1, "refused": 1, "dead": 1}
+    assert values(health.sync_health(institution=south, now=NOW), "7d") == {"sent": 1, "pending": 0, "retrying": 0, "refused": 1, "dead": 0}
+    rows = {row.name: {s: f.value for s, f in row.counts.items()} for row in overall.per_institution}
+    assert rows["South University"] == {"sent": 1, "pending": 0, "retrying": 0, "refused": 1, "dead": 0}
+
+
+def test_latency_percentiles_of_live_grades(outbox):
+    north, _south = outbox
+    report = health.sync_health(institution=north, now=NOW)
+    latency = report.latency["24h"]
+    assert latency.sample == 5
+    assert latency.p50 == pytest.approx(3.0)
+    assert latency.p99 == pytest.approx(health.percentile([1, 2, 3, 4, 100], 0.99))
+    assert health.sync_health(institution=north, now=NOW).latency["7d"].sample == 6
+
+
+def test_percentile_matches_percentile_cont():
+    assert health.percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert health.percentile([5], 0.99) == 5
+    assert health.percentile([], 0.5) is None
+
+
+def test_oldest_undelivered_and_top_refusals(outbox):
+    north, _ = outbox
+    overall = health.sync_health(now=NOW)
+    assert overall.oldest_age_seconds == pytest.approx(200 * 3600, rel=0.01)
+    assert health.sync_health(institution=north, now=NOW).oldest_age_seconds == pytest.approx(3 * 3600, rel=0.01)
+    top = overall.refusals[0]
+    assert (top.status_code, top.count) == (422, 2)
+    assert top.reason == "Canvas refused: Allowed Attempts reached. Raise Allowed Attempts in Canvas, then resync this grade."
+
+
+def test_hourly_chart_buckets(outbox):
+    report = health.sync_health(now=NOW)
+    assert len(report.chart) == 24
+    assert sum(b.sent for b in report.chart) == 7
+    assert sum(b.failed for b in report.chart) == 3  # refused 422 (1 h), refused 400 (1 h), dead (5 h)
+    week = health.sync_health(now=NOW, chart_hours=168)
+    assert len(week.chart) == 168 and sum(b.total for b in week.chart) == 15
+
+
+def listed_ids(client, url) -> set[int]:
+    response = client.get(url)
+    assert response.status_code == 200, url
+    return {obj.pk for obj in response.context["cl"].result_list}
+
+
+def test_every_figure_links_to_the_deliveries_behind_it(outbox, client_for):
+    north, _ = outbox
+    client = client_for(READ_ONLY)
+    page = client.get(reverse("gradesync_health"), {"institution": north.pk})
+    assert page.status_code == 200
+    report = page.context["health"]
+    for window, figures in page.context["counts"].items():
+        for state, figure, url in figures:
+            expected = set(
+                Delivery.objects.filter(institution=north, status__in=health.STATES[state],
+                                        updated_at__gte=NOW - health.WINDOWS[window] - datetime.timedelta(minutes=1)).values_list("pk", flat=True)
+            )
+            assert len(listed_ids(client, url)) == figure.value == len(expected), (window, state)
+            assert unescape(url) in unescape(page.content.decode())
+    refusal, url = page.context["refusals"][0]
+    assert listed_ids(client, url) == set(Delivery.objects.filter(institution=north, status="refused", last_status_code=422).values_list("pk", flat=True))
+    for bar, url, failed_url in page.context["bar_links"]:
+        if bar.bucket.total:
+            assert len(listed_ids(client, url)) == bar.bucket.total
+        if bar.bucket.failed:
+            assert len(listed_ids(client, failed_url)) == bar.bucket.failed
+    assert len(listed_ids(client, page.context["oldest_url"])) == 3
+    assert report.institution == north
+
+
+def test_the_chart_is_inline_svg_with_linked_bars(outbox, client_for):
+    body = client_for(SUPPORT).get(reverse("gradesync_health")).content.decode()
+    svg = re.search(r'<svg id="health-chart".*?</svg>', body, re.S).group(0)
+    assert svg.count('class="bar"') == 24
+    assert reverse("admin:gradesync_delivery_changelist") in svg
+    assert 'class="failed"' in svg
+
+
+def test_the_health_page_query_count_is_fixed(outbox, client_for, django_assert_max_num_queries):
+    client = client_for(SUPPORT)
+    with django_assert_max_num_queries(25):
+        assert client.get(reverse("gradesync_health")).status_code == 200
+
+
+@pytest.mark.parametrize("role", [SUPPORT, INTEGRATION, READ_ONLY])
+def test_every_staff_role_reads_health(role, outbox, client_for):
+    assert client_for(role).get(reverse("gradesync_health")).status_code == 200
+
+
+def test_anonymous_is_sent_to_the_login(client):
+    response = client.get(reverse("gradesync_health"))
+    assert response.status_code == 302 and reverse("admin:login") in response.url
