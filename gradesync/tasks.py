@@ -21,3 +21,9 @@ def sweep_deliveries() -> dict[str, int]:
 def run_resync_job(job_id: int) -> str:
     """Plan a resync job's grades in batches (on the resync queue); re-queues itself to continue."""
     return resync.run_job(job_id)
+
+
+@shared_task(name="gradesync.queue_resync_deliveries", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def queue_resync_deliveries(job_id: int, delivery_ids: list[int]) -> int:
+    """Fan one planned batch out into deliver_grade tasks on the resync queue (none if the job was cancelled)."""
+    return resync.fan_out(job_id, delivery_ids)

@@ -227,7 +227,7 @@ def test_a_second_identical_job_is_refused_while_one_is_active(classroom, suppor
 def test_cancel_stops_planning_and_withdraws_what_no_worker_picked_up(classroom, support, monkeypatch):
     monkeypatch.setattr(resync, "_queue_job", lambda job_id, countdown=None: None)
     sent_ids: list[int] = []
-    monkeypatch.setattr(resync, "_enqueue_deliveries", sent_ids.extend)  # queued, not yet consumed
+    monkeypatch.setattr(resync, "_enqueue_deliveries", lambda job_id, ids: sent_ids.extend(ids))  # queued, not yet consumed
     classroom.wipe_gradebook()
     job = resync.start_resync(
         scope=resync.ResyncScope(institution=classroom.connected.institution, course=classroom.course), acting_user=support
