@@ -116,6 +116,25 @@ class Health:
     chart_hours: int
     per_institution: list[InstitutionRow]
 
+    @property
+    def oldest_age(self) -> str:
+        return duration_words(self.oldest_age_seconds)
+
+
+def duration_words(seconds: float | None) -> str:
+    """"45 s", "6 min", "3 h 2 min", "8 d 8 h"; "—" for none."""
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if hours < 1:
+        return f"{minutes} min"
+    if days < 1:
+        return f"{hours} h {minutes % 60} min"
+    return f"{days} d {hours % 24} h"
+
 
 def _scoped(institution_id: int | None):
     rows = Delivery.objects.all()

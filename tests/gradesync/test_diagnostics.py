@@ -306,7 +306,12 @@ class TestPermissions:
 
 @pytest.mark.django_db(transaction=True)
 def test_canvas_allowed_attempts_refusal_shows_the_advice(live_server, two_institutions, client_for):
+    from django.apps import apps
+
+    from institutions.roles import sync_staff_roles
     from tests.gradesync.test_delivery import Classroom
+
+    sync_staff_roles(apps)  # a transactional test before this one flushed the role groups
 
     canvas = Classroom(live_server.url, two_institutions[0], "canvas")
     canvas.sandbox_line_item.allowed_attempts = 1

@@ -168,3 +168,7 @@ def test_every_staff_role_reads_health(role, outbox, client_for):
 def test_anonymous_is_sent_to_the_login(client):
     response = client.get(reverse("gradesync_health"))
     assert response.status_code == 302 and reverse("admin:login") in response.url
+
+
+def test_the_backlog_age_reads_in_words():
+    assert [health.duration_words(s) for s in (None, 45, 360, 3 * 3600 + 120, 200 * 3600)] == ["—", "45 s", "6 min", "3 h 2 min", "8 d 8 h"]
