@@ -117,21 +117,24 @@ def token(request: HttpRequest) -> HttpResponse:
 
 @csrf_exempt
 def scores(request: HttpRequest, pk: int) -> HttpResponse:
+    """The same exchange as the fast WSGI front (`sandbox_lms.fast`) serves, with the log written at once."""
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    info, refused = _bearer(request, "scores")
-    if refused:
-        return refused
-    registration = services.cached_registration(info.registration_id)
-
-    def handle() -> HttpResponse:
-        answer = services.record_score(
-            line_item_id=pk, info=info, registration=registration,
-            content_type=request.content_type or "", body=request.body, query=_query(request),
-        )
-        return _answer(answer)
-
-    return _serve(request, "scores", registration, handle)
+    exchange = services.scores_exchange(
+        line_item_id=pk, authorization=request.headers.get("Authorization"),
+        content_type=request.content_type or "", body=request.body, query=_query(request),
+    )
+    services.log_exchange(
+        registration_id=exchange.registration_id, kind="scores", method=request.method,
+        path=request.get_full_path(), headers=request.headers, request_body=request.body,
+        status=None if exchange.dropped else exchange.status, response_body=exchange.body,
+        note="connection dropped (fault)" if exchange.dropped else "",
+    )
+    if exchange.dropped:
+        services.drop_connection(request.META)
+        return HttpResponse(status=499)
+    return _answer(exchange.body, status=exchange.status, content_type=exchange.content_type,
+                   headers=exchange.headers, reason=exchange.reason)
 
 
 @csrf_exempt
