@@ -28,7 +28,7 @@ from typing import Any
 import requests
 from django.utils import timezone
 
-from . import services
+from . import fast, services
 from .models import (
     Profile,
     Role,
@@ -175,7 +175,9 @@ def start_deep_linking(
 
 
 def request_log(*, registration: SandboxRegistration | None = None, kind: str | None = None) -> list[SandboxRequestLog]:
-    """The request log, oldest first."""
+    """The request log, oldest first (this process's batched entries from the fast path written first;
+    another server process's within about `fast.LOG_FLUSH_SECONDS`)."""
+    fast.flush_log()
     entries = SandboxRequestLog.objects.order_by("id")
     if registration is not None:
         entries = entries.filter(registration=registration)

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 
-from . import services
+from . import fast, services
 from .models import (
     Profile,
     Role,
@@ -462,6 +462,7 @@ def registration(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def request_log(request: HttpRequest) -> HttpResponse:
+    fast.flush_log()
     entries = SandboxRequestLog.objects.select_related("registration")
     if request.GET.get("registration"):
         entries = entries.filter(registration_id=request.GET["registration"])

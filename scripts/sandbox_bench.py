@@ -12,9 +12,9 @@ for a bounded time and prints the accepted scores per second. Only 127.0.0.1 is 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
+import selectors
 import os
 import signal
 import socket
@@ -78,6 +78,7 @@ def _seed(port: int, students: int) -> dict:
         "scores_path": urlsplit(seeded.line_item_url).path + "/scores",
         "users": [s.sub for s in seeded.students],
         "line_item": seeded.line_item.pk,
+        "registration": seeded.registration.pk,
     }
 
 
@@ -94,57 +95,126 @@ def _get_token(token_url: str, assertion: str) -> str:
     return response.json()["access_token"]
 
 
-async def _connection(port: int, path: str, token: str, users: list[str], stop_at: float, counts: dict) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+_BODY = (
+    '{"userId": "%s", "scoreGiven": %d, "scoreMaximum": 100, "activityProgress": "Completed",'
+    ' "gradingProgress": "FullyGraded", "timestamp": "%s"}'
+)
+
+
+def _drive(port: int, path: str, token: str, user_groups: list[list[str]], seconds: float) -> dict:
+    """One keep-alive connection per user group, one request in flight on each, multiplexed with
+    `selectors` in this process (a lean client: the load generator shares the server's cores).
+    Each user is only ever sent on its own connection, so its timestamps increase."""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
         f"Content-Type: application/vnd.ims.lis.v1.score+json\r\nUser-Agent: sandbox-bench\r\n"
-        "Connection: keep-alive\r\n"
-    )
-    n = 0
-    while time.monotonic() < stop_at:
-        user = users[n % len(users)]
-        n += 1
-        body = json.dumps({
-            "userId": user, "scoreGiven": n % 100, "scoreMaximum": 100, "activityProgress": "Completed",
-            "gradingProgress": "FullyGraded",
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-        }).encode()
-        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        status_line = await reader.readline()
-        if not status_line:
-            counts["errors"] += 1
-            return
-        length = 0
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        await reader.readexactly(length)
-        status = int(status_line.split()[1])
-        counts["ok" if status == 200 else "errors"] += 1
-        if status != 200 and counts["errors"] <= 3:
-            print("  unexpected answer:", status_line.decode().strip(), file=sys.stderr)
-    writer.close()
+        "Connection: keep-alive\r\nContent-Length: "
+    ).encode()
+    selector = selectors.DefaultSelector()
+    counts = {"ok": 0, "errors": 0}
+    states = []
+    stop_at = time.monotonic() + seconds
+
+    def send(state: dict) -> None:
+        users = state["users"]
+        state["n"] += 1
+        n = state["n"]
+        stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        body = (_BODY % (users[n % len(users)], n % 100, stamp)).encode()
+        state["sock"].sendall(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    for users in user_groups:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        state = {"sock": sock, "users": users, "n": 0, "buf": b""}
+        states.append(state)
+        selector.register(sock, selectors.EVENT_READ, state)
+        send(state)
+    open_count = len(states)
+    while open_count:
+        now = time.monotonic()
+        for key, _ in selector.select(timeout=1.0):
+            state = key.data
+            data = state["sock"].recv(65536)
+            if not data:
+                counts["errors"] += 1
+                selector.unregister(state["sock"])
+                open_count -= 1
+                continue
+            buf = state["buf"] + data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                state["buf"] = buf
+                continue
+            length = 0
+            lower = buf[:end].lower()
+            at = lower.find(b"content-length:")
+            if at >= 0:
+                length = int(lower[at + 15:lower.find(b"\r\n", at) if lower.find(b"\r\n", at) > 0 else end])
+            if len(buf) < end + 4 + length:
+                state["buf"] = buf
+                continue
+            state["buf"] = buf[end + 4 + length:]
+            status = int(buf[9:12])
+            if status == 200:
+                counts["ok"] += 1
+            else:
+                counts["errors"] += 1
+                if counts["errors"] <= 3:
+                    print("  unexpected answer:", buf[:end].split(b"\r\n")[0].decode(), buf[end + 4:end + 4 + length][:200],
+                          file=sys.stderr)
+            if now < stop_at:
+                send(state)
+            else:
+                selector.unregister(state["sock"])
+                state["sock"].close()
+                open_count -= 1
+        if time.monotonic() > stop_at + 10:
+            break  # answers that never come: bounded
+    return counts
 
 
 def _client(args: tuple) -> dict:
     port, path, token, user_groups, seconds, warmup = args
+    if warmup:
+        _drive(port, path, token, user_groups, warmup)
+    start, cpu = time.monotonic(), time.process_time()
+    counts = _drive(port, path, token, user_groups, seconds)
+    counts["elapsed"] = time.monotonic() - start
+    counts["cpu"] = time.process_time() - cpu
+    return counts
 
-    async def run() -> dict:
-        warm = {"ok": 0, "errors": 0}
-        start = time.monotonic()
-        await asyncio.gather(*(_connection(port, path, token, users, start + warmup, warm) for users in user_groups))
-        counts = {"ok": 0, "errors": 0}
-        start = time.monotonic()
-        await asyncio.gather(*(_connection(port, path, token, users, start + seconds, counts) for users in user_groups))
-        counts["elapsed"] = time.monotonic() - start
-        return counts
 
-    return asyncio.run(run())
+def _cpu_seconds(pgid: int) -> float:
+    """User+system CPU seconds of the processes in a process group (Linux /proc), children included."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _postgres_cpu_seconds() -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if "(postgres)" in stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def main() -> None:
@@ -152,8 +222,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8711)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--worker-class", default="gevent", choices=["gevent", "gthread"], help="gunicorn worker class")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (gthread)")
+    parser.add_argument("--worker-connections", type=int, default=100, help="connections per worker (gevent)")
     parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
     parser.add_argument("--connections", type=int, default=12, help="keep-alive connections in all")
     parser.add_argument("--students", type=int, default=240)
@@ -172,7 +244,8 @@ def main() -> None:
     gunicorn = Path(sys.executable).parent / "gunicorn"
     server = subprocess.Popen(
         [str(gunicorn), "sandbox_lms.wsgi:application", "--bind", f"127.0.0.1:{args.port}",
-         "--worker-class", "gthread", "--workers", str(args.workers), "--threads", str(args.threads),
+         "--worker-class", args.worker_class, "--workers", str(args.workers), "--threads", str(args.threads),
+         "--worker-connections", str(args.worker_connections),
          "--keep-alive", "30", "--log-level", "warning", "--backlog", "256"],
         cwd=ROOT, env=os.environ.copy(), start_new_session=True,
     )
@@ -193,16 +266,36 @@ def main() -> None:
         per_client = [groups[i::args.clients] for i in range(args.clients)]
         jobs = [(args.port, seed["scores_path"], token, g, args.seconds, args.warmup) for g in per_client]
         with multiprocessing.Pool(args.clients) as pool:
+            server_cpu, database_cpu = _cpu_seconds(server.pid), _postgres_cpu_seconds()
             results = pool.map(_client, jobs)
+            server_cpu, database_cpu = _cpu_seconds(server.pid) - server_cpu, _postgres_cpu_seconds() - database_cpu
         ok = sum(r["ok"] for r in results)
         errors = sum(r["errors"] for r in results)
         elapsed = max(r["elapsed"] for r in results)
+        client_cpu = sum(r["cpu"] for r in results)
+        model = (f"gunicorn {args.worker_class} {args.workers}×"
+                 + (f"{args.threads} threads" if args.worker_class == "gthread" else f"{args.worker_connections} connections"))
         print(f"scores endpoint: {ok / elapsed:,.0f} POST/s accepted "
-              f"({ok} in {elapsed:.1f} s, {errors} other answers; gunicorn gthread {args.workers}×{args.threads}, "
+              f"({ok} in {elapsed:.1f} s, {errors} other answers; {model}, "
               f"{connections} keep-alive connections from {args.clients} client process(es))")
+        # The warm-up's CPU is in these too (it ran inside the same pool.map): figures are approximate.
+        span = elapsed + args.warmup
+        print(f"  CPU over the run, in cores: server {server_cpu / span:.2f}, PostgreSQL {database_cpu / span:.2f}, "
+              f"load generator {client_cpu / elapsed:.2f} (of {os.cpu_count()})")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
+    _check_log(seed, ok)
+
+
+def _check_log(seed: dict, ok: int) -> None:
+    """Every accepted score has its request-log entry (the fast path writes the log in batches)."""
+    from sandbox_lms.models import SandboxRequestLog
+
+    logged = SandboxRequestLog.objects.filter(registration_id=seed["registration"], kind="scores", status=200).count()
+    print(f"  request log: {logged} accepted scores logged" + ("" if logged >= ok else f" — {ok - logged} MISSING"))
+    if logged < ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
