@@ -117,12 +117,14 @@ class Pool:
         finally:
             self._release(conn, broken)
 
-    def executemany(self, sql: str, rows: list[list[Any]]) -> None:
+    def copy(self, statement: str, rows: list[list[Any]]) -> None:
+        """COPY … FROM STDIN: a batch of rows in one statement (the cheapest insert for PostgreSQL too)."""
         conn = self._acquire()
         broken = False
         try:
-            with conn.cursor() as cursor:
-                cursor.executemany(sql, rows)  # pipelined: one round trip for the batch
+            with conn.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
         except BaseException as error:
             import psycopg
 
@@ -210,7 +212,7 @@ class LogWriter:
             db = database()
             try:
                 if isinstance(db, Pool):
-                    db.executemany(services._LOG_INSERT_SQL, rows)
+                    db.copy(_LOG_COPY, rows)
                 else:
                     adapt = connection.ops.adapt_datetimefield_value
                     with connection.cursor() as cursor:
@@ -222,6 +224,10 @@ class LogWriter:
             return len(rows)
 
 
+_LOG_COPY = (
+    "COPY sandbox_lms_sandboxrequestlog (registration_id, kind, method, path, request_headers, request_body,"
+    " status, response_body, note, created_at) FROM STDIN"
+)
 LOG = LogWriter()
 
 
