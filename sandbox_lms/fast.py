@@ -284,11 +284,17 @@ class ScoresFront:
             length = 0
         body = environ["wsgi.input"].read(length) if length > 0 else b""
         query_string = environ.get("QUERY_STRING", "")
-        exchange = services.scores_exchange(
-            line_item_id=pk, authorization=environ.get("HTTP_AUTHORIZATION"),
-            content_type=environ.get("CONTENT_TYPE", ""), body=body,
-            query=dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}, db=database(),
-        )
+        try:
+            exchange = services.scores_exchange(
+                line_item_id=pk, authorization=environ.get("HTTP_AUTHORIZATION"),
+                content_type=environ.get("CONTENT_TYPE", ""), body=body,
+                query=dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}, db=database(),
+            )
+        finally:
+            if connection.vendor == "postgresql" and connection.connection is not None:
+                # A cache miss went through the ORM on this thread's (greenlet's) own Django connection:
+                # close it, or every short-lived client connection would leave one open.
+                connection.close()
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         LOG.add(services.log_row(
             registration_id=exchange.registration_id, kind="scores", method="POST",
