@@ -10,7 +10,11 @@ Running the sandbox as its own server process (the grade-sync benchmark does thi
     SANDBOX_LMS=True DJANGO_SETTINGS_MODULE=sandbox_lms.server_settings \\
         DATABASE_URL=postgres://postgres@127.0.0.1:5432/sandbox \\
         .venv/bin/gunicorn sandbox_lms.wsgi:application --bind 127.0.0.1:8100 \\
-        --worker-class gthread --workers 3 --threads 8 --keep-alive 30
+        --worker-class gevent --workers 2 --worker-connections 100 --keep-alive 30
+
+`sandbox_lms.wsgi` answers POST …/scores in a lean WSGI front before Django (`sandbox_lms.fast`:
+the same exchange as the view, a small psycopg pool per process, the request log written in
+batches within `fast.LOG_FLUSH_SECONDS`; `request_log` below flushes this process's batch first).
 
 `sandbox_lms.server_settings` is the project's settings with only what the sandbox needs
 (no session, CSRF or auth middleware; the sandbox's urls at `/sandbox-lms/`). Seed it from

@@ -5,9 +5,12 @@
 
 It creates the database if missing, migrates it, seeds a platform (one registration with the
 generic profile, one course, N students, one line item), starts gunicorn on 127.0.0.1 with
-`sandbox_lms.wsgi` (gthread, keep-alive; gunicorn sets TCP_NODELAY on its sockets), obtains an
-access token over HTTP, then drives keep-alive connections (TCP_NODELAY) from client processes
-for a bounded time and prints the accepted scores per second. Only 127.0.0.1 is contacted.
+`sandbox_lms.wsgi` (gevent workers by default, `--worker-class gthread` to compare; keep-alive;
+gunicorn sets TCP_NODELAY on its sockets), obtains an access token over HTTP, then drives
+keep-alive connections (TCP_NODELAY) from lean client processes (raw sockets multiplexed with
+`selectors`) for a bounded time and prints the accepted scores per second, the CPU split between
+server, PostgreSQL and load generator, and checks every accepted score has its request-log entry.
+Only 127.0.0.1 is contacted.
 """
 from __future__ import annotations
 
