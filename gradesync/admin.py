@@ -21,7 +21,8 @@ from institutions.models import Course, GradePolicy, Institution
 from institutions.services import CHANGE_GRADE_POLICY_PERMISSION, change_grade_policy
 
 from . import resync
-from .admin_paging import EstimatedCountPaginator
+from .admin_paging import EstimatedCountPaginator, IndexedSearchMixin
+from .eligibility import ROLE_WORDS
 from .models import Delivery, DeliveryExchange, ResyncJob, Result, SyncWarning
 
 
@@ -54,14 +55,14 @@ class DeliveryExchangeInline(admin.TabularInline):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(ReadOnlyAdmin):
+class DeliveryAdmin(IndexedSearchMixin, ReadOnlyAdmin):
     list_display = ["id", "status", "learner", "course", "activity_key", "score", "attempts", "last_status_code", "updated_at", "why"]
     # Sync health links here with these parameters. status, institution and updated_at are indexed;
     # sent_at and is_resync are not, but the pk-ordered page and the bounded count keep them cheap.
     list_filter = ["status", "is_resync", "institution", ("updated_at", DateFieldListFilter), ("sent_at", DateFieldListFilter)]
     list_select_related = ["lti_user", "course__context"]  # Course.__str__ falls back to its context
     raw_id_fields = ["result", "course", "lti_user", "line_item", "resource_link"]
-    search_fields = ["=id", "lti_user__sub", "lti_user__email"]
+    search_fields = ["=id", "=lti_user__sub", "=lti_user__email"]  # see IndexedSearchMixin
     ordering = ["-id"]
     inlines = [DeliveryExchangeInline]
     actions = ["resync_delivery", "resync_learner", "resync_activity", "resync_course"]
@@ -108,13 +109,27 @@ class DeliveryAdmin(ReadOnlyAdmin):
         return format_html('<a href="{}">{}</a>', reverse("gradesync_why_delivery", args=[delivery.pk]), _("why?"))
 
 
+class LaunchRoleFilter(admin.SimpleListFilter):
+    """The roles as a fixed list: Django's default for a plain CharField runs SELECT DISTINCT over every result."""
+
+    title = _("launch role")
+    parameter_name = "launch_role"
+
+    def lookups(self, request, model_admin):
+        return [(role or "none", words) for role, words in ROLE_WORDS.items()]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset if value is None else queryset.filter(launch_role="" if value == "none" else value)
+
+
 @admin.register(Result)
-class ResultAdmin(ReadOnlyAdmin):
+class ResultAdmin(IndexedSearchMixin, ReadOnlyAdmin):
     list_display = ["id", "activity_title", "learner", "course", "score", "completed_at", "is_eligible", "ineligible_reason", "why"]
-    list_filter = ["is_eligible", "launch_role"]
+    list_filter = ["is_eligible", LaunchRoleFilter]
     list_select_related = ["lti_user", "course__context"]
     raw_id_fields = ["lti_user", "course", "resource_link", "launched_course", "launch_deployment"]
-    search_fields = ["=id", "lti_user__sub", "lti_user__email", "activity_title"]
+    search_fields = ["=id", "=lti_user__sub", "=lti_user__email"]  # see IndexedSearchMixin
     ordering = ["-id"]
 
     @admin.display(description=_("learner"))
