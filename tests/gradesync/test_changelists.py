@@ -118,3 +118,26 @@ def test_a_small_table_is_counted_exactly(two_institutions):
     add_rows(two_institutions, 4)
     assert EstimatedCountPaginator(Delivery.objects.order_by("-id"), 100).count == 4
     assert EstimatedCountPaginator(Delivery.objects.filter(status="refused").order_by("-id"), 100).count == 1
+
+
+def test_search_by_id_sub_or_email_uses_exact_matches(two_institutions, client_for):
+    add_rows(two_institutions, 4)
+    delivery = Delivery.objects.select_related("lti_user").order_by("id").last()
+    delivery.lti_user.email = "Ada@North.example.edu"
+    delivery.lti_user.save()
+    client = client_for(SUPPORT)
+    url = reverse("admin:gradesync_delivery_changelist")
+    for term in (str(delivery.pk), f"#{delivery.pk}", delivery.lti_user.sub, "ada@north.example.edu"):
+        assert [d.pk for d in client.get(url, {"q": term}).context["cl"].result_list] == [delivery.pk], term
+    results = client.get(reverse("admin:gradesync_result_changelist"), {"q": delivery.lti_user.sub}).context["cl"].result_list
+    assert [r.lti_user_id for r in results] == [delivery.lti_user_id]
+
+
+def test_launch_role_filter_is_a_fixed_list(two_institutions, client_for, django_assert_max_num_queries):
+    add_rows(two_institutions, 3)
+    Result.objects.filter(pk=Result.objects.order_by("id").first().pk).update(launch_role="instructor")
+    client = client_for(SUPPORT)
+    response = client.get(reverse("admin:gradesync_result_changelist"), {"launch_role": "instructor"})
+    assert [r.launch_role for r in response.context["cl"].result_list] == ["instructor"]
+    assert "No LTI launch (direct login)" in response.content.decode()
+    assert len(client.get(reverse("admin:gradesync_result_changelist"), {"launch_role": "none"}).context["cl"].result_list) == 2
