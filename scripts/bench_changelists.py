@@ -70,8 +70,9 @@ def main() -> int:
         ("results launch_role=instructor", results, {"launch_role": "instructor"}),
         ("resync jobs", jobs, {}),
         ("resync jobs status=done", jobs, {"status__exact": "done"}),
-        ("sync health (all)", reverse("gradesync_health"), {}),
-        ("sync health (institution)", reverse("gradesync_health"), {"institution": institution.pk}),
+        ("sync health (all, cached 60 s)", reverse("gradesync_health"), {}),
+        ("sync health (all, uncached)", reverse("gradesync_health"), {"fresh": 1}),
+        ("sync health (institution, uncached)", reverse("gradesync_health"), {"institution": institution.pk, "fresh": 1}),
     ]
     if delivery is not None:
         pages.append(("why (one grade)", reverse("gradesync_why_delivery", args=[delivery.pk]), {"_follow": 1}))
