@@ -135,6 +135,12 @@ class Delivery(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx"),
+            # A sender's batch: its LMS's due rows, live grades first, oldest first.
+            models.Index(
+                fields=["registration", "is_resync", "next_attempt_at"],
+                condition=Q(status__in=["pending", "retrying"]),
+                name="delivery_registration_due_idx",
+            ),
             models.Index(fields=["institution", "status", "-updated_at"], name="delivery_inst_status_idx"),
             models.Index(fields=["course", "lti_user", "activity_key"], name="delivery_course_user_act_idx"),
             models.Index(fields=["line_item", "lti_user", "-id"], name="delivery_line_item_user_idx"),

@@ -16,6 +16,7 @@ import random
 import re
 import threading
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Callable
 
@@ -23,7 +24,7 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
-from lti_tool.models import LtiLineItem, LtiResourceLink, LtiUser
+from lti_tool.models import LtiLineItem, LtiRegistration, LtiResourceLink, LtiUser
 
 from institutions.models import Course, LmsFamily
 
@@ -40,19 +41,23 @@ BACKOFF_CAP_SECONDS = 600
 STALE_CLAIM_SECONDS = 300  # default of settings.GRADE_DELIVERY_STALE_CLAIM_SECONDS
 MAX_CLAIMS_WITHOUT_ANSWER = 8
 IN_FLIGHT_SLOT_SECONDS = 60
-IN_FLIGHT_WAIT_SECONDS = 5.0
+SENDER_BATCH = 50  # rows a sender claims at a time
+SENDER_MAX_SECONDS = 30.0  # then it hands the rest to a fresh task, so one task never runs for ever
 CANVAS_SUBMISSION = "https://canvas.instructure.com/lti/submission"
 
 
-def enqueue_delivery(delivery_id: int, *, resync: bool = False) -> None:
+def enqueue_delivery(delivery_id: int, *, resync: bool = False, registration_id: int | None = None) -> None:
+    """Queue the delivery's task; with its registration's id the task needs no query to find its LMS."""
     from .tasks import deliver_grade
 
-    deliver_grade.apply_async(args=[delivery_id], queue="resync" if resync else "grades")
+    deliver_grade.apply_async(args=[delivery_id, registration_id], queue="resync" if resync else "grades")
 
 
-def _enqueue_on_commit(delivery_id: int, *, resync: bool = False) -> None:
+def _enqueue_on_commit(delivery_id: int, *, resync: bool = False, registration_id: int | None = None) -> None:
     # robust: a broker outage must not break the request; the sweeper picks the row up.
-    transaction.on_commit(lambda: enqueue_delivery(delivery_id, resync=resync), robust=True)
+    transaction.on_commit(
+        lambda: enqueue_delivery(delivery_id, resync=resync, registration_id=registration_id), robust=True
+    )
 
 
 # --- Recording --------------------------------------------------------------------------------
@@ -103,11 +108,9 @@ def record_result(
 
 def _line_item_for(course: Course, activity_key: str, resource_link: LtiResourceLink | None) -> LtiLineItem | None:
     """The line item to deliver to; warns support when one activity has several in a course."""
-    candidates = list(
-        LtiLineItem.objects.filter(context_id=course.context_id)
-        .filter(Q(resource_link=resource_link) | Q(resource_id=activity_key))
-        .order_by("-id")
-    )
+    # Without a link, only the activity id can match (not every line item that has no link).
+    matches = Q(resource_id=activity_key) | Q(resource_link=resource_link) if resource_link else Q(resource_id=activity_key)
+    candidates = list(LtiLineItem.objects.filter(context_id=course.context_id).filter(matches).order_by("-id"))
     if len({c.url for c in candidates}) > 1:
         SyncWarning.objects.update_or_create(
             course=course,
@@ -159,7 +162,7 @@ def plan_delivery(
                 next_attempt_at=now,
                 status=_status_after_new_grade(open_row.status),
             )
-        _enqueue_on_commit(open_row.pk, resync=resync)
+        _enqueue_on_commit(open_row.pk, resync=resync, registration_id=open_row.registration_id)
         return open_row
     if not resync:
         last_sent = pair_rows.filter(status=DeliveryStatus.SENT).order_by("-id").only("score").first()
@@ -185,7 +188,7 @@ def plan_delivery(
     except IntegrityError:
         # Another transaction opened the row first: update that one instead.
         return plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=link, resync=resync, policy=policy)
-    _enqueue_on_commit(delivery.pk, resync=resync)
+    _enqueue_on_commit(delivery.pk, resync=resync, registration_id=delivery.registration_id)
     return delivery
 
 
@@ -195,6 +198,14 @@ def _status_after_new_grade(status: str) -> str:
 
 
 # --- Delivering -------------------------------------------------------------------------------
+#
+# A task that gets a delivery's id becomes the sender of that delivery's LMS (registration) if one
+# of the registration's in-flight slots is free. A sender holds its slot and sends, one request at
+# a time over a kept-alive connection, every due row of that LMS: its own first, then batches
+# claimed with one UPDATE (live grades before resyncs). A task that finds every slot taken returns
+# at once: each sender looks for due rows again after letting its slot go, so a row committed
+# before the task ran is always seen by a sender. Many grades thus cost a few statements and one
+# request each, not a task, a slot and a token lookup each.
 
 
 def _claim(delivery_id: int, now: datetime.datetime) -> bool:
@@ -205,6 +216,43 @@ def _claim(delivery_id: int, now: datetime.datetime) -> bool:
         ).update(status=DeliveryStatus.SENDING, claimed_at=now, attempts=F("attempts") + 1)
         == 1
     )
+
+
+def _due(registration_id: int, now: datetime.datetime):
+    return Delivery.objects.filter(
+        registration_id=registration_id,
+        status__in=[DeliveryStatus.PENDING, DeliveryStatus.RETRYING],
+        next_attempt_at__lte=now,
+    )
+
+
+def _claim_batch(registration_id: int, size: int) -> list[int]:
+    """Claim up to `size` due rows of one LMS, live grades first; rows another sender is claiming are skipped."""
+    now = timezone.now()
+    with transaction.atomic():
+        ids = list(
+            _due(registration_id, now)
+            .order_by("is_resync", "next_attempt_at")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:size]
+        )
+        if ids:
+            Delivery.objects.filter(pk__in=ids).update(
+                status=DeliveryStatus.SENDING, claimed_at=now, attempts=F("attempts") + 1
+            )
+    return ids
+
+
+def _give_back(delivery_ids: list[int], *, wait_seconds: float, message: str) -> None:
+    """Claimed rows not sent (the LMS is throttling or failing): due again after the wait, no attempt counted."""
+    if delivery_ids:
+        Delivery.objects.filter(pk__in=delivery_ids, status=DeliveryStatus.SENDING).update(
+            status=DeliveryStatus.RETRYING,
+            attempts=F("attempts") - 1,
+            claimed_at=None,
+            next_attempt_at=timezone.now() + datetime.timedelta(seconds=wait_seconds),
+            last_message=message,
+        )
 
 
 def _backoff_seconds(attempts: int, retry_after: float | None) -> float:
@@ -230,16 +278,23 @@ def _retry_after(headers: dict[str, str]) -> float | None:
 _CANVAS_LAST_UPDATED = re.compile(r"last updated timestamp of (\d{4}-\d{2}-\d{2}[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)")
 
 
-def _next_timestamp(delivery: Delivery, lms_family: str, *, after: datetime.datetime | None = None) -> datetime.datetime:
-    """Strictly later than anything sent for this (line item, user); Moodle compares whole seconds."""
-    last = after
-    if delivery.line_item_id is not None:
-        sent = (
-            Delivery.objects.filter(line_item_id=delivery.line_item_id, lti_user_id=delivery.lti_user_id)
-            .aggregate(last=Max("last_timestamp"))["last"]
+def _last_timestamps(deliveries: list[Delivery]) -> dict[tuple[int, int], datetime.datetime]:
+    """The latest score timestamp sent for each (line item, user) of a batch, in one query."""
+    pairs = {(d.line_item_id, d.lti_user_id) for d in deliveries if d.line_item_id is not None}
+    if not pairs:
+        return {}
+    rows = (
+        Delivery.objects.filter(
+            line_item_id__in={p[0] for p in pairs}, lti_user_id__in={p[1] for p in pairs}, last_timestamp__isnull=False
         )
-        if sent and (last is None or sent > last):
-            last = sent
+        .values_list("line_item_id", "lti_user_id")
+        .annotate(last=Max("last_timestamp"))
+    )
+    return {(line_item_id, user_id): last for line_item_id, user_id, last in rows if (line_item_id, user_id) in pairs}
+
+
+def _next_timestamp(last: datetime.datetime | None, lms_family: str) -> datetime.datetime:
+    """Strictly later than `last` (the latest sent for this line item and user); Moodle compares whole seconds."""
     now = timezone.now()
     if last is None or now > last + datetime.timedelta(milliseconds=1):
         candidate = now
@@ -261,24 +316,26 @@ class InFlightLimit:
         self.keys = [f"ags-inflight:{registration_id}:{slot}" for slot in range(max(limit, 1))]
         self.held: str | None = None
 
-    def acquire(self, wait_seconds: float = IN_FLIGHT_WAIT_SECONDS) -> bool:
+    def acquire(self) -> bool:
+        """Take a free slot now, or say there is none (without waiting: whoever holds one sends our rows too)."""
         from django.core.cache import cache
 
-        deadline = timezone.now() + datetime.timedelta(seconds=wait_seconds)
-        delay = 0.002
-        while True:
-            for key in random.sample(self.keys, len(self.keys)):
-                if key in _held_slots:
-                    continue
-                if cache.add(key, 1, IN_FLIGHT_SLOT_SECONDS):
-                    with _held_lock:
-                        _held_slots.add(key)
-                    self.held = key
-                    return True
-            if timezone.now() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        for key in random.sample(self.keys, len(self.keys)):
+            if key in _held_slots:
+                continue
+            if cache.add(key, 1, IN_FLIGHT_SLOT_SECONDS):
+                with _held_lock:
+                    _held_slots.add(key)
+                self.held = key
+                return True
+        return False
+
+    def keep(self) -> None:
+        """A long-running sender renews its slot before it expires."""
+        from django.core.cache import cache
+
+        if self.held:
+            cache.touch(self.held, IN_FLIGHT_SLOT_SECONDS)
 
     def release(self) -> None:
         from django.core.cache import cache
@@ -288,6 +345,222 @@ class InFlightLimit:
             with _held_lock:
                 _held_slots.discard(self.held)
             self.held = None
+
+
+@dataclass
+class _Lms:
+    """What a sender needs of the registration: loaded once per sender, not per grade."""
+
+    registration: LtiRegistration
+    family: str
+    limit: int
+
+
+_lms_cache: dict[int, tuple[float, _Lms]] = {}
+LMS_CACHE_SECONDS = 30.0
+
+
+def _lms(registration_id: int) -> _Lms | None:
+    cached = _lms_cache.get(registration_id)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    registration = LtiRegistration.objects.select_related("profile").filter(pk=registration_id).first()
+    if registration is None:
+        return None
+    profile = getattr(registration, "profile", None)
+    lms = _Lms(
+        registration,
+        profile.lms_family if profile else LmsFamily.OTHER,
+        profile.max_requests_in_flight if profile else 4,
+    )
+    _lms_cache[registration_id] = (time.monotonic() + LMS_CACHE_SECONDS, lms)
+    return lms
+
+
+def deliver(delivery_id: int, registration_id: int | None = None) -> str:
+    """Send a delivery (and, holding the LMS's slot, every other due one of that LMS).
+
+    Idempotent: returns quietly when the row is gone, done, or claimed elsewhere. Returns what
+    became of `delivery_id` in this call: sent, retrying, refused, dead, superseded while sending,
+    busy (every slot's sender will take it), or not claimed.
+    """
+    # Workers keep their connections across tasks (CELERY_DB_REUSE_MAX): drop one a database
+    # restart broke, or one past CONN_MAX_AGE, as Django does at the start of a request.
+    if not transaction.get_connection().in_atomic_block:
+        close_old_connections()
+    if registration_id is None:
+        registration_id = Delivery.objects.filter(pk=delivery_id).values_list("registration_id", flat=True).first()
+        if registration_id is None:
+            return "not claimed"
+    lms = _lms(registration_id)
+    if lms is None:
+        return "not claimed"
+    limit = InFlightLimit(registration_id, lms.limit)
+    if not limit.acquire():
+        return "busy"
+    sender = _Sender(lms, limit)
+    deadline = time.monotonic() + SENDER_MAX_SECONDS
+    try:
+        if _claim(delivery_id, timezone.now()):
+            sender.send_batch([delivery_id])
+        sender.drain(deadline)
+    finally:
+        limit.release()
+    # Look again once the slot is free: a task that found every slot taken relies on it.
+    while not sender.stopped and _due(registration_id, timezone.now()).exists():
+        if time.monotonic() > deadline:
+            first = _due(registration_id, timezone.now()).values_list("pk", flat=True).first()
+            if first:
+                enqueue_delivery(first, registration_id=registration_id)
+            break
+        if not limit.acquire():
+            break  # another sender has it
+        try:
+            sender.drain(deadline)
+        finally:
+            limit.release()
+    return sender.outcomes.get(delivery_id, "not claimed")
+
+
+class _Sender:
+    """Sends claimed deliveries of one LMS, one request at a time, holding one in-flight slot."""
+
+    def __init__(self, lms: _Lms, limit: InFlightLimit) -> None:
+        self.lms = lms
+        self.limit = limit
+        self.tokens: dict[tuple[str, ...], str] = {}
+        self.outcomes: dict[int, str] = {}
+        self.exchanges: list[DeliveryExchange] = []
+        self.stopped = False  # the LMS is throttling or failing: leave the rest to their due time
+
+    def drain(self, deadline: float) -> None:
+        while not self.stopped and time.monotonic() < deadline:
+            ids = _claim_batch(self.lms.registration.pk, SENDER_BATCH)
+            if not ids:
+                return
+            self.send_batch(ids)
+            self.limit.keep()
+
+    def send_batch(self, ids: list[int]) -> None:
+        deliveries = list(
+            Delivery.objects.select_related("deployment", "lti_user", "line_item", "course__context", "resource_link", "result")
+            .filter(pk__in=ids)
+            .order_by("is_resync", "next_attempt_at", "pk")
+        )
+        last_sent = _last_timestamps(deliveries)
+        try:
+            for index, delivery in enumerate(deliveries):
+                if self.stopped:
+                    _give_back([d.pk for d in deliveries[index:]], wait_seconds=self.wait, message=self.why)
+                    break
+                last = last_sent.get((delivery.line_item_id, delivery.lti_user_id))
+                self.outcomes[delivery.pk] = self.send(delivery, last)
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.exchanges:
+            DeliveryExchange.objects.bulk_create(self.exchanges)
+            self.exchanges = []
+
+    def token_for(self, scopes: tuple[str, ...], deployment_id: str, rejected: str | None = None) -> str:
+        if rejected is None and scopes in self.tokens:
+            return self.tokens[scopes]
+        self.tokens[scopes] = ags.access_token(self.lms.registration, scopes, deployment_id=deployment_id, rejected=rejected)
+        return self.tokens[scopes]
+
+    def stop(self, wait: float, why: str) -> None:
+        self.stopped, self.wait, self.why = True, wait, why
+
+    def send(self, delivery: Delivery, last: datetime.datetime | None) -> str:
+        lms_family = self.lms.family
+        deployment_id = delivery.deployment.deployment_id
+        try:
+            if delivery.line_item is None:
+                line_item = _resolve_line_item(delivery, lambda scopes: self.token_for(scopes, deployment_id))
+                if line_item is None:
+                    return self.finish(delivery, Outcome.RETRY, None, "No line item for this link in the LMS yet; "
+                                       "it binds at the next launch of the link.", advice_retry_after=300)
+                try:
+                    with transaction.atomic():
+                        Delivery.objects.filter(pk=delivery.pk).update(line_item=line_item)
+                except IntegrityError:
+                    return self.finish(delivery, Outcome.REFUSED, None, "Another open delivery exists for this line item.")
+                delivery.line_item = line_item
+                last = _last_timestamps([delivery]).get((line_item.pk, delivery.lti_user_id))
+            version = delivery.version
+            score_scope = (ags.SCORE_SCOPE,)
+            token = self.token_for(score_scope, deployment_id)
+            refreshed = stale_resent = False
+            while True:
+                timestamp = _next_timestamp(last, lms_family)
+                maximum = delivery.line_item.maximum_score or 1.0
+                payload = {
+                    "userId": delivery.lti_user.sub,
+                    "scoreGiven": round(float(delivery.score) * maximum, 4),
+                    "scoreMaximum": maximum,
+                    "activityProgress": "Completed",
+                    "gradingProgress": "FullyGraded",
+                    "timestamp": ags.score_timestamp(timestamp),
+                }
+                if lms_family == LmsFamily.CANVAS and delivery.is_resync:
+                    # A resync must not count as a new submission against Canvas's Allowed Attempts.
+                    payload[CANVAS_SUBMISSION] = {"new_submission": False}
+                answer = ags.post_score(line_item_url=delivery.line_item.url, token=token, payload=payload)
+                verdict = classify(lms_family, answer.status_code, answer.body)
+                self.exchange(delivery, answer.status_code, verdict.outcome, answer.body, answer.duration_ms, payload, timestamp)
+                if verdict.outcome == Outcome.REFRESH and not refreshed:
+                    refreshed = True
+                    token = self.token_for(score_scope, deployment_id, rejected=token)
+                    continue
+                if verdict.outcome == Outcome.STALE and not stale_resent:
+                    stale_resent = True
+                    match = _CANVAS_LAST_UPDATED.search(answer.body)
+                    last = _parse_lms_timestamp(match.group(1)) if match else timestamp
+                    if lms_family == LmsFamily.MOODLE or last is None:
+                        last = (last or timestamp) + datetime.timedelta(seconds=1)
+                    continue
+                outcome = Outcome.RETRY if verdict.outcome == Outcome.REFRESH else verdict.outcome
+                if outcome == Outcome.STALE:
+                    outcome = Outcome.REFUSED
+                return self.finish(
+                    delivery, outcome, answer.status_code, _lms_message(answer.body, verdict.advice),
+                    sent_timestamp=timestamp, version=version, retry_after=_retry_after(answer.headers),
+                )
+        except ags.TokenError as error:
+            # The same table decides: a throttled or failing token endpoint is retried, a refusal is not.
+            verdict = classify(lms_family, error.status_code or 0, error.body)
+            outcome = Outcome.RETRY if verdict.outcome in (Outcome.RETRY, Outcome.SENT) else Outcome.REFUSED
+            self.exchange(delivery, error.status_code, outcome, str(error), 0, None, None)
+            message = f"The LMS refused our service token request (check the client id and our key in the LMS): {error}"
+            return self.finish(
+                delivery, outcome, error.status_code, message if outcome == Outcome.REFUSED else str(error),
+                retry_after=_retry_after(error.headers),
+            )
+        except ags.AgsError as error:
+            self.exchange(delivery, None, Outcome.RETRY, str(error), 0, None, None)
+            return self.finish(delivery, Outcome.RETRY, None, f"No answer from the LMS: {error}")
+
+    def exchange(self, delivery, status_code, outcome, body, duration_ms, payload, timestamp) -> None:
+        self.exchanges.append(
+            DeliveryExchange(
+                delivery=delivery,
+                status_code=status_code,
+                outcome=str(outcome),
+                message=(body or "")[:2000],
+                duration_ms=duration_ms,
+                score_given=payload["scoreGiven"] if payload else None,
+                score_maximum=payload["scoreMaximum"] if payload else None,
+                timestamp_sent=timestamp,
+            )
+        )
+
+    def finish(self, delivery: Delivery, outcome: Outcome, status_code: int | None, message: str, **kwargs) -> str:
+        result, wait = _finish(delivery, outcome, status_code, message, **kwargs)
+        if result == "retrying" and kwargs.get("advice_retry_after") is None:
+            # Throttled, failing or unreachable: the rest of this LMS's rows wait as long as this one.
+            self.stop(wait, f"Held back: the LMS answered another grade with a retry. {message}"[:500])
+        return result
 
 
 def _resolve_line_item(delivery: Delivery, token_for: Callable[[tuple[str, ...]], str]) -> LtiLineItem | None:
@@ -318,110 +591,6 @@ def _resolve_line_item(delivery: Delivery, token_for: Callable[[tuple[str, ...]]
     return None
 
 
-def deliver(delivery_id: int) -> str:
-    """Send one delivery. Idempotent: returns quietly when the row is gone, done, or claimed elsewhere."""
-    # Workers keep their connections across tasks (CELERY_DB_REUSE_MAX): drop one a database
-    # restart broke, or one past CONN_MAX_AGE, as Django does at the start of a request.
-    if not transaction.get_connection().in_atomic_block:
-        close_old_connections()
-    now = timezone.now()
-    if not _claim(delivery_id, now):
-        return "not claimed"
-    delivery = Delivery.objects.select_related(
-        "registration__profile", "deployment", "lti_user", "line_item", "course__context", "resource_link", "result"
-    ).get(pk=delivery_id)
-    registration = delivery.registration
-    profile = getattr(registration, "profile", None)
-    lms_family = profile.lms_family if profile else LmsFamily.OTHER
-    limit = InFlightLimit(registration.pk, profile.max_requests_in_flight if profile else 4)
-    if not limit.acquire():
-        # Every slot of this LMS is busy: give the row back, due at once; it is re-queued.
-        Delivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.SENDING).update(
-            status=DeliveryStatus.PENDING, attempts=F("attempts") - 1, next_attempt_at=timezone.now()
-        )
-        enqueue_delivery(delivery.pk, resync=delivery.is_resync)
-        return "busy"
-    try:
-        return _send(delivery, lms_family)
-    finally:
-        limit.release()
-
-
-def _send(delivery: Delivery, lms_family: str) -> str:
-    registration = delivery.registration
-    deployment_id = delivery.deployment.deployment_id
-    tokens: dict[tuple[str, ...], str] = {}
-
-    def token_for(scopes: tuple[str, ...], rejected: str | None = None) -> str:
-        tokens[scopes] = ags.access_token(registration, scopes, deployment_id=deployment_id, rejected=rejected)
-        return tokens[scopes]
-
-    try:
-        if delivery.line_item is None:
-            line_item = _resolve_line_item(delivery, token_for)
-            if line_item is None:
-                return _finish(delivery, Outcome.RETRY, None, "No line item for this link in the LMS yet; "
-                               "it binds at the next launch of the link.", advice_retry_after=300)
-            try:
-                Delivery.objects.filter(pk=delivery.pk).update(line_item=line_item)
-            except IntegrityError:
-                return _finish(delivery, Outcome.REFUSED, None, "Another open delivery exists for this line item.")
-            delivery.line_item = line_item
-        version = delivery.version
-        score_scope = (ags.SCORE_SCOPE,)
-        token = token_for(score_scope)
-        refreshed = stale_resent = False
-        after: datetime.datetime | None = None
-        while True:
-            timestamp = _next_timestamp(delivery, lms_family, after=after)
-            maximum = delivery.line_item.maximum_score or 1.0
-            payload = {
-                "userId": delivery.lti_user.sub,
-                "scoreGiven": round(float(delivery.score) * maximum, 4),
-                "scoreMaximum": maximum,
-                "activityProgress": "Completed",
-                "gradingProgress": "FullyGraded",
-                "timestamp": ags.score_timestamp(timestamp),
-            }
-            if lms_family == LmsFamily.CANVAS and delivery.is_resync:
-                # A resync must not count as a new submission against Canvas's Allowed Attempts.
-                payload[CANVAS_SUBMISSION] = {"new_submission": False}
-            answer = ags.post_score(line_item_url=delivery.line_item.url, token=token, payload=payload)
-            verdict = classify(lms_family, answer.status_code, answer.body)
-            _exchange(delivery, answer.status_code, verdict.outcome, answer.body, answer.duration_ms, payload, timestamp)
-            if verdict.outcome == Outcome.REFRESH and not refreshed:
-                refreshed = True
-                token = token_for(score_scope, rejected=token)
-                continue
-            if verdict.outcome == Outcome.STALE and not stale_resent:
-                stale_resent = True
-                match = _CANVAS_LAST_UPDATED.search(answer.body)
-                after = _parse_lms_timestamp(match.group(1)) if match else timestamp
-                if lms_family == LmsFamily.MOODLE or after is None:
-                    after = (after or timestamp) + datetime.timedelta(seconds=1)
-                continue
-            outcome = Outcome.RETRY if verdict.outcome == Outcome.REFRESH else verdict.outcome
-            if outcome == Outcome.STALE:
-                outcome = Outcome.REFUSED
-            return _finish(
-                delivery, outcome, answer.status_code, _lms_message(answer.body, verdict.advice),
-                sent_timestamp=timestamp, version=version, retry_after=_retry_after(answer.headers),
-            )
-    except ags.TokenError as error:
-        # The same table decides: a throttled or failing token endpoint is retried, a refusal is not.
-        verdict = classify(lms_family, error.status_code or 0, error.body)
-        outcome = Outcome.RETRY if verdict.outcome in (Outcome.RETRY, Outcome.SENT) else Outcome.REFUSED
-        _exchange(delivery, error.status_code, outcome, str(error), 0, None, None)
-        message = f"The LMS refused our service token request (check the client id and our key in the LMS): {error}"
-        return _finish(
-            delivery, outcome, error.status_code, message if outcome == Outcome.REFUSED else str(error),
-            retry_after=_retry_after(error.headers),
-        )
-    except ags.AgsError as error:
-        _exchange(delivery, None, Outcome.RETRY, str(error), 0, None, None)
-        return _finish(delivery, Outcome.RETRY, None, f"No answer from the LMS: {error}")
-
-
 def _parse_lms_timestamp(text: str) -> datetime.datetime | None:
     try:
         parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -435,19 +604,6 @@ def _lms_message(body: str, advice: str) -> str:
     return f"{advice} LMS said: {text[:500]}" if advice and text else (advice or text[:500])
 
 
-def _exchange(delivery, status_code, outcome, body, duration_ms, payload, timestamp) -> None:
-    DeliveryExchange.objects.create(
-        delivery=delivery,
-        status_code=status_code,
-        outcome=str(outcome),
-        message=(body or "")[:2000],
-        duration_ms=duration_ms,
-        score_given=payload["scoreGiven"] if payload else None,
-        score_maximum=payload["scoreMaximum"] if payload else None,
-        timestamp_sent=timestamp,
-    )
-
-
 def _finish(
     delivery: Delivery,
     outcome: Outcome,
@@ -458,36 +614,37 @@ def _finish(
     version: int | None = None,
     retry_after: float | None = None,
     advice_retry_after: float | None = None,
-) -> str:
+) -> tuple[str, float]:
+    """Record what became of a send; returns that and, for a retry, the wait before the next try."""
     now = timezone.now()
     fields: dict[str, object] = {"last_status_code": status_code, "last_message": message, "claimed_at": None}
     if sent_timestamp is not None and outcome == Outcome.SENT:
         fields["last_timestamp"] = sent_timestamp
     if outcome == Outcome.SENT:
-        # Sent — unless a newer grade arrived while we were sending: then send that one too.
+        # Sent — unless a newer grade arrived while we were sending: then it is due again at once
+        # (the sender holding this LMS's slot takes it in its next batch).
         updated = Delivery.objects.filter(pk=delivery.pk, version=version).update(
             status=DeliveryStatus.SENT, sent_at=now, next_attempt_at=None, **fields
         )
         if updated:
-            return "sent"
+            return "sent", 0.0
         Delivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING, next_attempt_at=now, **fields)
-        enqueue_delivery(delivery.pk, resync=delivery.is_resync)
-        return "superseded while sending"
+        return "superseded while sending", 0.0
     if outcome == Outcome.REFUSED:
         Delivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.REFUSED, next_attempt_at=None, **fields)
-        return "refused"
+        return "refused", 0.0
     give_up_at = delivery.created_at + datetime.timedelta(hours=settings.GRADE_DELIVERY_GIVE_UP_HOURS)
     if now >= give_up_at:
         Delivery.objects.filter(pk=delivery.pk).update(
             status=DeliveryStatus.DEAD, next_attempt_at=None, **{**fields, "last_message": f"Gave up after "
             f"{settings.GRADE_DELIVERY_GIVE_UP_HOURS} h. Last: {message}"}
         )
-        return "dead"
+        return "dead", 0.0
     wait = _backoff_seconds(delivery.attempts, retry_after if retry_after is not None else advice_retry_after)
     Delivery.objects.filter(pk=delivery.pk).update(
         status=DeliveryStatus.RETRYING, next_attempt_at=now + datetime.timedelta(seconds=wait), **fields
     )
-    return "retrying"
+    return "retrying", wait
 
 
 # --- Safety net -------------------------------------------------------------------------------
@@ -505,12 +662,12 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
         next_attempt_at=None,
         last_message="Gave up: sending this grade kept stopping the worker without an answer.",
     )
-    reclaimed = list(stale.values_list("pk", "is_resync"))
-    counts["reclaimed"] = stale.filter(pk__in=[pk for pk, _ in reclaimed]).update(
+    reclaimed = list(stale.values_list("pk", "is_resync", "registration_id"))
+    counts["reclaimed"] = stale.filter(pk__in=[pk for pk, _, _ in reclaimed]).update(
         status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None
     )
-    for delivery_id, is_resync in reclaimed:
-        enqueue_delivery(delivery_id, resync=is_resync)
+    for delivery_id, is_resync, registration_id in reclaimed:
+        enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
     lost_before = now - datetime.timedelta(seconds=settings.GRADE_DELIVERY_REQUEUE_AFTER_SECONDS)
     due = list(
         Delivery.objects.filter(
@@ -518,9 +675,9 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
             | Q(status=DeliveryStatus.PENDING, next_attempt_at__lte=lost_before)
         )
         .order_by("next_attempt_at")
-        .values_list("pk", "is_resync")[:batch]
+        .values_list("pk", "is_resync", "registration_id")[:batch]
     )
-    for delivery_id, is_resync in due:
-        enqueue_delivery(delivery_id, resync=is_resync)
+    for delivery_id, is_resync, registration_id in due:
+        enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
     counts["requeued"] = len(due)
     return counts

@@ -7,9 +7,10 @@ from . import resync, services
 
 
 @shared_task(name="gradesync.deliver_grade", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
-def deliver_grade(delivery_id: int) -> str:
-    """Send one delivery. Safe to run twice: only the worker whose claim succeeds sends."""
-    return services.deliver(delivery_id)
+def deliver_grade(delivery_id: int, registration_id: int | None = None) -> str:
+    """Send one delivery (and, holding its LMS's slot, that LMS's other due ones). Safe to run twice:
+    only the worker whose claim succeeds sends a row."""
+    return services.deliver(delivery_id, registration_id)
 
 
 @shared_task(name="gradesync.sweep_deliveries", ignore_result=True)
