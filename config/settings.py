@@ -171,4 +171,6 @@ GRADE_SWEEP_INTERVAL_SECONDS = env.float("GRADE_SWEEP_INTERVAL_SECONDS", default
 CELERY_TASK_ROUTES = {"gradesync.deliver_grade": {"queue": "grades"}, "gradesync.*": {"queue": "grades"}}
 CELERY_BEAT_SCHEDULE = {
     "sweep-grade-deliveries": {"task": "gradesync.sweep_deliveries", "schedule": GRADE_SWEEP_INTERVAL_SECONDS},
+    # Resync jobs whose planner died: restarted after 15 minutes without progress, failed 45 later.
+    "sweep-resync-jobs": {"task": "gradesync.sweep_resync_jobs", "schedule": 300.0},
 }

@@ -3,18 +3,25 @@
 start_resync             permission, one active job per scope (the database decides), the job
                          row and its audit entry; the planning task is queued after commit.
 request_course_resync    the instructor's door: their own course, at most once per 10 minutes.
-plan_next_batches        the task's body: claim the job, plan keys (course, learner, activity)
+run_job                  the task's body: claim the job, plan keys (course, learner, activity)
                          in set-based batches, re-queue itself when its time slice ends.
+sweep_resync_jobs        beat's safety net: restart a stalled planner, give up on a dead one,
+                         finish jobs whose deliveries have settled.
 cancel_resync            stop planning; withdraw the job's deliveries no worker has picked up.
 refresh_progress         counters from the job's deliveries (one aggregate); DONE once planned
                          and every delivery has settled.
 preview_resync           how many grades a scope holds, on which LMSes.
 preview_policy_change    how many grades a new policy would change in the LMS.
 
-Planning writes the same outbox rows `services.plan_delivery(resync=True)` writes, a batch at a
-time: a few queries per 500 grades instead of several per grade. When a live grade opens a row
-for one of the batch's pairs at the same moment, the batch rolls back and is planned again
-grade by grade through `plan_delivery` itself.
+Planning writes the same outbox rows `services.plan_delivery(resync=True)` writes, a batch of
+5,000 grades at a time in a handful of statements: the keys, one query that picks each key's
+grade by the policy and its line item (`_targets`), and one INSERT … ON CONFLICT DO UPDATE per
+partial unique constraint, so a pair that already has an open row gets the new grade in it, even
+when a live grade opened that row a moment ago.
+
+A planner that stops without finishing (its worker killed, its message lost) is restarted after
+15 minutes without progress, and given up 45 minutes later if that did not help, by
+`sweep_resync_jobs` (Celery beat): a dead job never holds its scope for ever.
 
 Cancelling: planning stops before the next batch, and the job's deliveries still pending, never
 attempted and holding no newer live grade (version 1) are withdrawn (deleted: nothing was sent,
@@ -24,6 +31,7 @@ sent, retrying, or carrying a live grade that arrived meanwhile finish normally.
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -34,12 +42,14 @@ from typing import NamedTuple
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Case, Count, DecimalField, Exists, F, OuterRef, Q, QuerySet, Subquery, Value, When, Window
+from django.db.models.expressions import OrderBy
+from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
-from lti_tool.models import LtiLineItem, LtiUser
+from lti_tool.models import LtiLineItem, LtiResourceLink, LtiUser
 
 from institutions.audit import record_staff_change
-from institutions.models import Course, Institution, LmsFamily
+from institutions.models import Course, GradePolicy, Institution, LmsFamily
 
 from . import services
 from .models import (
@@ -51,28 +61,19 @@ from .models import (
     ResyncJobStatus,
     Result,
 )
-from .policy import pick_result
 
 RESYNC_PERMISSION = "gradesync.resync_grades"
-BATCH_SIZE = 2000
+BATCH_SIZE = 5000  # grades per transaction: ~0.6 s of work, one fan-out message
 SLICE_SECONDS = 60.0  # one task runs at most this long, then queues its continuation
 INSTRUCTOR_COOLDOWN = datetime.timedelta(minutes=10)
+STALLED_AFTER = datetime.timedelta(minutes=15)  # planning this long without progress: restart it
+RESTART_GRACE = datetime.timedelta(minutes=45)  # restarted, and still none this long: fail it, freeing its scope
 
 Key = tuple[int, int, str]  # (course id, LTI user id, activity key)
 
 
 class ResyncRefused(Exception):
     """A resync that may not start now; the message says why, in words for the person who asked."""
-
-
-class _Row(NamedTuple):
-    """The fields of a Result that the policy reads (policy.pick_result)."""
-
-    pk: int
-    score: Decimal
-    completed_at: datetime.datetime
-    resource_link_id: int | None
-    is_eligible: bool = True
 
 
 # --- Scope ------------------------------------------------------------------------------------
@@ -190,40 +191,37 @@ def _keys(scope: ResyncScope, *, after: Key | None, limit: int) -> list[Key]:
     return [tuple(k) for k in results.order_by(*KEY_ORDER).values_list(*KEY_ORDER).distinct()[:limit]]
 
 
-def _rows_by_key(scope: ResyncScope, keys: list[Key]) -> dict[Key, list[_Row]]:
-    """Every eligible result of the given keys (the policy chooses among all, window or not)."""
-    wanted = set(keys)
-    rows: dict[Key, list[_Row]] = defaultdict(list)
+def _policy_order(policy: str) -> list[OrderBy]:
+    """policy.pick_result's choice as an SQL ordering: the first row is the grade the policy sends."""
+    if policy == GradePolicy.MOST_RECENT:
+        return [F("completed_at").desc(), F("pk").desc()]
+    return [F("score").desc(), F("completed_at").desc(), F("pk").desc()]
+
+
+def _picked_results(scope: ResyncScope, keys: list[Key], policy: str) -> QuerySet[Result]:
+    """The result `policy` sends for each of `keys` (sorted, as `_keys` returns them), chosen in SQL, in key order.
+
+    The policy chooses among every eligible result of a key, window or not; the window only
+    decides which keys are in scope.
+    """
     results = scope.keyed_results().filter(_at_least(keys[0]), _at_most(keys[-1]))
-    for course_id, user_id, key, pk, score, completed_at, link_id in results.values_list(
-        *KEY_ORDER, "pk", "score", "completed_at", "resource_link_id"
-    ):
-        if (course_id, user_id, key) in wanted:
-            rows[(course_id, user_id, key)].append(_Row(pk, score, completed_at, link_id))
-    return rows
-
-
-def _last_sent_scores(keys: Iterable[Key]) -> dict[Key, Decimal]:
-    """The score last sent for each key (by our newest SENT delivery)."""
-    keys = list(keys)
-    if not keys:
-        return {}
-    wanted = set(keys)
-    sent: dict[Key, Decimal] = {}
-    rows = (
-        Delivery.objects.filter(
-            status=DeliveryStatus.SENT,
-            course_id__in={k[0] for k in keys},
-            lti_user_id__in={k[1] for k in keys},
-            activity_key__in={k[2] for k in keys},
-        )
-        .order_by("-id")
-        .values_list(*KEY_ORDER, "score")
+    if scope.completed_from is not None or scope.completed_until is not None:
+        results = results.filter(Exists(scope.results().filter(
+            course_id=OuterRef("course_id"), lti_user_id=OuterRef("lti_user_id"), activity_key=OuterRef("activity_key")
+        )))
+    ranked = results.annotate(
+        policy_rank=Window(RowNumber(), partition_by=[F(name) for name in KEY_ORDER], order_by=_policy_order(policy))
     )
-    for course_id, user_id, key, score in rows:
-        if (course_id, user_id, key) in wanted:
-            sent.setdefault((course_id, user_id, key), score)
-    return sent
+    return Result.objects.filter(pk__in=ranked.filter(policy_rank=1).values("pk")).order_by(*KEY_ORDER)
+
+
+# The score our newest SENT delivery of the result's (course, learner, activity) put in the LMS.
+_LAST_SENT_SCORE = Subquery(
+    Delivery.objects.filter(
+        status=DeliveryStatus.SENT, course_id=OuterRef("course_id"), lti_user_id=OuterRef("lti_user_id"),
+        activity_key=OuterRef("activity_key"),
+    ).order_by("-id").values("score")[:1]
+)
 
 
 # --- Previews ---------------------------------------------------------------------------------
@@ -261,8 +259,15 @@ def _lms_of_courses(course_ids: Iterable[int]) -> dict[int, tuple[str, str]]:
     }
 
 
-def _picked(rows: dict[Key, list[_Row]], policy: str) -> dict[Key, _Row]:
-    return {key: chosen for key, found in rows.items() if (chosen := pick_result(found, policy)) is not None}
+def _changed(scope: ResyncScope, keys: list[Key], policy: str) -> Iterator[tuple[Key, bool]]:
+    """For each key: would `policy` put another grade in the LMS than the last one sent? (Never sent: yes.)"""
+    batch = set(keys)
+    for course_id, user_id, key, score, last_sent in (
+        _picked_results(scope, keys, policy).annotate(last_sent=_LAST_SENT_SCORE)
+        .values_list(*KEY_ORDER, "score", "last_sent")
+    ):
+        if (course_id, user_id, key) in batch:
+            yield (course_id, user_id, key), last_sent != score
 
 
 def preview_resync(scope: ResyncScope) -> ResyncPreview:
@@ -271,9 +276,7 @@ def preview_resync(scope: ResyncScope) -> ResyncPreview:
     policy = scope.institution.grade_policy
     for keys in _iter_key_batches(scope):
         if scope.only_changed:
-            chosen = _picked(_rows_by_key(scope, keys), policy)
-            last = _last_sent_scores(chosen)
-            keys = [k for k, row in chosen.items() if last.get(k) != row.score]
+            keys = [key for key, changed in _changed(scope, keys, policy) if changed]
         for course_id, _user, _key in keys:
             per_course[course_id] += 1
     return _preview_from(per_course)
@@ -305,11 +308,9 @@ def preview_policy_change(*, institution: Institution, policy: str) -> PolicyPre
     total = 0
     per_course: dict[int, int] = defaultdict(int)
     for keys in _iter_key_batches(scope):
-        chosen = _picked(_rows_by_key(scope, keys), policy)
-        last = _last_sent_scores(chosen)
-        total += len(chosen)
-        for key, row in chosen.items():
-            if last.get(key) != row.score:
+        for key, changed in _changed(scope, keys, policy):
+            total += 1
+            if changed:
                 per_course[key[0]] += 1
     preview = _preview_from(per_course)
     return PolicyPreview(policy=policy, grades=total, changed=preview.grades, lmses=preview.lmses)
@@ -512,6 +513,54 @@ def progress_of(job: ResyncJob, *, pending: int | None = None) -> Progress:
     )
 
 
+# --- Safety net -------------------------------------------------------------------------------
+
+_RESTARTED = "Planning stalled"  # how the sweeper's note begins; the next batch planned clears it
+
+
+def sweep_resync_jobs(*, now: datetime.datetime | None = None) -> dict[str, int]:
+    """Keep dead planners from holding their scope for ever (the one-active-job constraint would).
+
+    A queued or running job whose planning has not moved (`updated_at`, written by every batch)
+    for STALLED_AFTER gets its planning task queued again, once: it continues from its cursor,
+    and should the first task turn up after all, the two take turns harmlessly. A job that then
+    makes no progress for RESTART_GRACE is marked failed with the reason, which frees its scope;
+    what it planned is still sent. Planned jobs whose deliveries have all settled are marked
+    done. The system does this, not a staff member: nothing is audited; the job's message says it.
+    """
+    now = now or timezone.now()
+    counts = {"restarted": 0, "failed": 0, "done": 0}
+    unplanned = ResyncJob.objects.filter(status__in=ACTIVE_JOB_STATUSES, planned_at__isnull=True)
+    for job in unplanned.filter(message__startswith=_RESTARTED, updated_at__lt=now - RESTART_GRACE):
+        if job.status == ResyncJobStatus.QUEUED:
+            what = "It never started"
+        else:
+            what = f"{job.planned:,} of about {job.estimated:,} grades were planned; those are still sent"
+        # Conditional on updated_at: a batch planned meanwhile wins.
+        counts["failed"] += ResyncJob.objects.filter(pk=job.pk, status=job.status, updated_at=job.updated_at).update(
+            status=ResyncJobStatus.FAILED, finished_at=now, updated_at=now,
+            message=f"Stopped by the system at {now:%Y-%m-%d %H:%M} UTC: planning stalled and made no progress in "
+            f"the {_minutes(now - job.updated_at)} minutes after the system restarted it (its worker probably "
+            f"keeps stopping). {what}. Start the resync again to send the rest.",
+        )
+    for job in unplanned.filter(updated_at__lt=now - STALLED_AFTER).exclude(message__startswith=_RESTARTED):
+        if ResyncJob.objects.filter(pk=job.pk, status=job.status, updated_at=job.updated_at).update(
+            updated_at=now,
+            message=f"{_RESTARTED}: no progress since {job.updated_at:%H:%M} UTC; the system restarted it at "
+            f"{now:%H:%M} UTC.",
+        ):
+            counts["restarted"] += 1
+            _queue_job(job.pk)
+    for job in ResyncJob.objects.filter(status=ResyncJobStatus.RUNNING, planned_at__isnull=False):
+        if refresh_progress(job).status == ResyncJobStatus.DONE:
+            counts["done"] += 1
+    return counts
+
+
+def _minutes(delta: datetime.timedelta) -> int:
+    return int(delta.total_seconds() // 60)
+
+
 # --- Planning ---------------------------------------------------------------------------------
 
 
@@ -519,10 +568,12 @@ def run_job(job_id: int, *, slice_seconds: float = SLICE_SECONDS, batch_size: in
     """Plan a job's grades batch after batch; queue the continuation when the time slice ends.
 
     Idempotent: returns quietly when the job is gone, finished, cancelled, or already planned.
+    Two planners of one job (a resumed job whose first message turns up after all) take turns
+    batch by batch on the job's row lock.
     """
     now = timezone.now()
     ResyncJob.objects.filter(pk=job_id, status=ResyncJobStatus.QUEUED).update(
-        status=ResyncJobStatus.RUNNING, started_at=now
+        status=ResyncJobStatus.RUNNING, started_at=now, updated_at=now
     )
     deadline = time.monotonic() + slice_seconds
     try:
@@ -545,7 +596,11 @@ def run_job(job_id: int, *, slice_seconds: float = SLICE_SECONDS, batch_size: in
 
 
 def _plan_one_batch(job_id: int, *, batch_size: int) -> str:
-    """Plan the next batch of keys after the job's cursor. Returns "more", "planned" or why it stopped."""
+    """Plan the next batch of keys after the job's cursor. Returns "more", "planned" or why it stopped.
+
+    `updated_at` records the planner's last progress, or the sweeper's restart
+    (`sweep_resync_jobs` reads it); the sweeper's note is cleared once planning moves again.
+    """
     with transaction.atomic():
         job = (
             ResyncJob.objects.select_for_update(of=("self",))
@@ -560,17 +615,14 @@ def _plan_one_batch(job_id: int, *, batch_size: int) -> str:
         scope = ResyncScope.of_job(job)
         cursor = tuple(job.cursor) if job.cursor else None
         keys = _keys(scope, after=cursor, limit=batch_size)
+        now = timezone.now()
         if not keys:
-            ResyncJob.objects.filter(pk=job.pk).update(planned_at=timezone.now())
+            ResyncJob.objects.filter(pk=job.pk).update(planned_at=now, updated_at=now, message="")
             return "planned"
-        try:
-            with transaction.atomic():
-                planned, skipped, ids = _plan_keys(job, scope, keys)
-        except IntegrityError:
-            # A live grade opened a row for one of these pairs meanwhile: plan them one by one.
-            planned, skipped, ids = _plan_keys_one_by_one(job, scope, keys)
+        ids = _plan_keys(job, scope, keys)
         ResyncJob.objects.filter(pk=job.pk).update(
-            cursor=list(keys[-1]), planned=F("planned") + planned, skipped=F("skipped") + skipped
+            cursor=list(keys[-1]), planned=F("planned") + len(ids), skipped=F("skipped") + len(keys) - len(ids),
+            updated_at=now, message="",
         )
         transaction.on_commit(lambda: _enqueue_deliveries(job_id, ids), robust=True)
     return "more"
@@ -597,145 +649,186 @@ def fan_out(job_id: int, ids: list[int]) -> int:
     return len(ids)
 
 
-def _plan_keys(job: ResyncJob, scope: ResyncScope, keys: list[Key]) -> tuple[int, int, list[int]]:
-    """The set-based plan of one batch: the same rows plan_delivery(resync=True) writes, in a few queries."""
-    policy = job.institution.grade_policy
-    chosen = _picked(_rows_by_key(scope, keys), policy)
-    skipped = len(keys) - len(chosen)
-    if scope.only_changed:
-        last = _last_sent_scores(chosen)
-        unchanged = [k for k, row in chosen.items() if last.get(k) == row.score]
-        for key in unchanged:
-            del chosen[key]
-        skipped += len(unchanged)
-    if not chosen:
-        return 0, skipped, []
-    courses = {
-        c.pk: c for c in Course.objects.filter(pk__in={k[0] for k in chosen}).select_related("deployment")
-    }
-    items_by_context: dict[int, list[LtiLineItem]] = defaultdict(list)
-    for item in LtiLineItem.objects.filter(context_id__in={c.context_id for c in courses.values()}).order_by("-id").only(
-        "id", "context_id", "resource_link_id", "resource_id", "url"
-    ):
-        items_by_context[item.context_id].append(item)
-    targets: dict[Key, tuple[int | None, int | None]] = {}  # key -> (line item id, resource link id)
-    for key, row in chosen.items():
-        course = courses[key[0]]
-        targets[key] = (_line_item_id(items_by_context[course.context_id], key[2], row.resource_link_id), row.resource_link_id)
-    # Open rows of the batch's line items (a handful): no list of thousands of users to send and parse.
-    open_rows = Delivery.objects.select_for_update().filter(status__in=OPEN_STATUSES).filter(
-        Q(line_item_id__in={t[0] for t in targets.values() if t[0] is not None})
-        | Q(line_item__isnull=True, resource_link_id__in={t[1] for t in targets.values() if t[0] is None})
+class _Target(NamedTuple):
+    """The policy's result for one key, and where its grade goes."""
+
+    result_id: int
+    course_id: int
+    lti_user_id: int
+    activity_key: str
+    score: Decimal
+    resource_link_id: int | None
+    line_item_id: int | None
+    line_items: int | None  # how many of the course's line items match (the activity, or the result's link)
+    institution_id: int
+    registration_id: int
+    deployment_id: int
+    last_sent: Decimal | None  # read only for an only-changed job
+
+
+def _targets(scope: ResyncScope, keys: list[Key], policy: str) -> list[_Target]:
+    """One query for a batch: the policy's result per key and the line item services._line_item_for would pick.
+
+    That is the line item bound to the result's link, else the newest whose resource_id is the
+    activity; a result without a link matches on the activity only, never on "any line item with
+    no link".
+    """
+    of_course = LtiLineItem.objects.filter(context_id=OuterRef("course__context_id")).order_by("-id")
+    bound = of_course.filter(resource_link_id=OuterRef("resource_link_id"))  # no link, no match: NULL = NULL is not true
+    of_activity = of_course.filter(resource_id=OuterRef("activity_key"))
+    candidates = of_course.filter(Q(resource_id=OuterRef("activity_key")) | Q(resource_link_id=OuterRef("resource_link_id")))
+    last_sent = _LAST_SENT_SCORE if scope.only_changed else Value(None, output_field=DecimalField())
+    rows = _picked_results(scope, keys, policy).annotate(
+        target_line_item=Coalesce(Subquery(bound.values("id")[:1]), Subquery(of_activity.values("id")[:1])),
+        line_items=Subquery(candidates.order_by().values("context_id").annotate(n=Count("id")).values("n")),
+        last_sent=last_sent,
     )
-    open_by_pair = {
-        ((row.line_item_id, None) if row.line_item_id else (None, row.resource_link_id), row.lti_user_id): row
-        for row in open_rows.only("id", "line_item_id", "resource_link_id", "lti_user_id", "status", "version")
-    }
-    now = timezone.now()
-    updated: list[Delivery] = []
-    created: list[tuple] = []
-    seen: set = set()
-    for key, row in list(chosen.items()):
-        line_item_id, link_id = targets[key]
-        pair = ((line_item_id, None) if line_item_id else (None, link_id), key[1])
-        if pair in seen:  # two activities feed one LMS column: it holds one grade; the first planned wins
-            del chosen[key]
-            skipped += 1
-            continue
-        seen.add(pair)
-        existing = open_by_pair.get(pair)
-        if existing is not None:
-            existing.result_id, existing.score, existing.version = row.pk, row.score, F("version") + 1
-            existing.is_resync, existing.recorded_at, existing.next_attempt_at = True, now, now
-            existing.status = existing.status if existing.status == DeliveryStatus.SENDING else DeliveryStatus.PENDING
-            existing.resync_job = job
-            updated.append(existing)
-            continue
-        course = courses[key[0]]
-        created.append(
-            (row.pk, course.pk, course.institution_id, course.deployment.registration_id, course.deployment_id,
-             key[1], link_id, line_item_id, key[2], row.score)
-        )
-    if updated:
-        Delivery.objects.bulk_update(
-            updated, ["result", "score", "version", "is_resync", "recorded_at", "next_attempt_at", "status", "resync_job"]
-        )
-    return len(chosen), skipped, [d.pk for d in updated] + _insert_deliveries(job, created, now)
+    return [_Target(*row) for row in rows.values_list(
+        "pk", *KEY_ORDER, "score", "resource_link_id", "target_line_item", "line_items", "course__institution_id",
+        "course__deployment__registration_id", "course__deployment_id", "last_sent",
+    )]
 
 
-_INSERT_COLUMNS = [
-    "result_id", "course_id", "institution_id", "registration_id", "deployment_id", "lti_user_id", "resource_link_id",
-    "line_item_id", "activity_key", "score", "status", "version", "is_resync", "attempts", "next_attempt_at",
-    "last_message", "recorded_at", "created_at", "updated_at", "resync_job_id",
+def _plan_keys(job: ResyncJob, scope: ResyncScope, keys: list[Key]) -> list[int]:
+    """The set-based plan of one batch: the rows plan_delivery(resync=True) writes, in a few statements.
+
+    Returns the ids of the deliveries written (new, or open ones brought up to the policy's grade);
+    the batch's other keys are skipped.
+    """
+    batch = set(keys)
+    chosen: dict[tuple, _Target] = {}
+    several_line_items: set[tuple[int, str, int | None]] = set()
+    for target in _targets(scope, keys, job.institution.grade_policy):
+        if (target.course_id, target.lti_user_id, target.activity_key) not in batch:
+            continue  # a grade recorded since the keys were read: the next batch, or a live sync, has it
+        if scope.only_changed and target.last_sent == target.score:
+            continue
+        if (target.line_items or 0) > 1:
+            several_line_items.add((target.course_id, target.activity_key, target.resource_link_id))
+        if target.line_item_id is not None:
+            pair: tuple = ("line item", target.line_item_id, target.lti_user_id)
+        elif target.resource_link_id is not None:
+            pair = ("link", target.resource_link_id, target.lti_user_id)
+        else:
+            pair = ("activity", target.course_id, target.activity_key, target.lti_user_id)
+        # Two activities feeding one LMS column: it holds one grade; the first in key order wins.
+        chosen.setdefault(pair, target)
+    _warn_several_line_items(several_line_items)
+    return _write_deliveries(job, list(chosen.values()), timezone.now())
+
+
+def _warn_several_line_items(found: set[tuple[int, str, int | None]]) -> None:
+    """The live path's SyncWarning "duplicate_line_items" (services._line_item_for writes it) for each
+    (course, activity, link) that several line items match."""
+    if not found:
+        return
+    courses = Course.objects.in_bulk({course_id for course_id, _, _ in found})
+    links = LtiResourceLink.objects.in_bulk({link_id for _, _, link_id in found if link_id is not None})
+    for course_id, activity_key, link_id in found:
+        services._line_item_for(courses[course_id], activity_key, links.get(link_id))
+
+
+_OPEN_SQL = "status IN ({})".format(", ".join(f"'{status.value}'" for status in OPEN_STATUSES))
+# The conflict targets name the partial unique constraints on Delivery (one open row per pair).
+_ON_LINE_ITEM = f"(line_item_id, lti_user_id) WHERE {_OPEN_SQL} AND line_item_id IS NOT NULL"
+_ON_UNBOUND_LINK = f"(resource_link_id, lti_user_id) WHERE {_OPEN_SQL} AND line_item_id IS NULL"
+_ROW_COLUMNS = [  # with their PostgreSQL types
+    ("result_id", "bigint"), ("course_id", "bigint"), ("lti_user_id", "bigint"), ("activity_key", "text"),
+    ("score", "numeric"), ("resource_link_id", "bigint"), ("line_item_id", "bigint"), ("institution_id", "bigint"),
+    ("registration_id", "bigint"), ("deployment_id", "bigint"),
+]
+_SAME_FOR_ALL = [
+    "status", "version", "is_resync", "attempts", "last_message", "next_attempt_at", "recorded_at", "created_at",
+    "updated_at", "resync_job_id",
 ]
 
 
-def _insert_deliveries(job: ResyncJob, rows: list[tuple], now: datetime.datetime) -> list[int]:
-    """Insert new resync deliveries in one statement, returning their ids.
+def _write_deliveries(job: ResyncJob, targets: list[_Target], now: datetime.datetime) -> list[int]:
+    """Write each target's delivery as plan_delivery(resync=True) does; returns their ids.
 
-    What bulk_create writes, without preparing 20 fields per row through the ORM: at 100k grades
-    that preparation was most of the planning time.
+    One INSERT … ON CONFLICT DO UPDATE per partial unique constraint: a pair with an open row gets
+    the new grade (version bumped, pending again unless a worker is sending it), any other pair a
+    new row. A live grade committing the same pair meanwhile is waited for, then updated, never
+    duplicated. Rows for neither a line item nor a link have no constraint to lean on: their open
+    rows are looked up by (course, learner, activity) first.
     """
-    if not rows:
-        return []
-    ops = connection.ops
-    stamp = ops.adapt_datetimefield_value(now)
-    params: list = []
-    for result_id, course_id, institution_id, registration_id, deployment_id, user_id, link_id, line_item_id, key, score in rows:
-        params += [
-            result_id, course_id, institution_id, registration_id, deployment_id, user_id, link_id, line_item_id, key,
-            ops.adapt_decimalfield_value(score, 6, 5), DeliveryStatus.PENDING.value, 1, True, 0, stamp, "", stamp,
-            stamp, stamp, job.pk,
-        ]
-    one = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
     ids: list[int] = []
-    chunk = 500  # SQLite's limit on bound parameters
-    width = len(_INSERT_COLUMNS)
-    table = connection.ops.quote_name(Delivery._meta.db_table)
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), chunk):
-            part = params[start * width:(start + chunk) * width]
-            count = len(part) // width
-            cursor.execute(
-                f"INSERT INTO {table} ({', '.join(_INSERT_COLUMNS)}) VALUES {', '.join([one] * count)} RETURNING id",
-                part,
-            )
-            ids += [row[0] for row in cursor.fetchall()]
+    unkeyed = [t for t in targets if t.line_item_id is None and t.resource_link_id is None]
+    if unkeyed:
+        updated = _replan_unkeyed(job, unkeyed, now)
+        ids += updated.values()
+        targets = [t for t in targets if (t.course_id, t.lti_user_id, t.activity_key) not in updated]
+    for conflict, part in (
+        (_ON_LINE_ITEM, [t for t in targets if t.line_item_id is not None]),
+        (_ON_UNBOUND_LINK, [t for t in targets if t.line_item_id is None]),
+    ):
+        if part:
+            ids += _upsert(job, part, now, conflict)
     return ids
 
 
-def _line_item_id(items: list[LtiLineItem], activity_key: str, link_id: int | None) -> int | None:
-    """The line item services._line_item_for picks: the one bound to the link, else the newest for the activity.
-
-    A result without a link matches on the activity only (not on every unbound line item of the course).
-    """
-    candidates = [
-        i for i in items if (link_id is not None and i.resource_link_id == link_id) or i.resource_id == activity_key
+def _upsert(job: ResyncJob, targets: list[_Target], now: datetime.datetime, conflict: str) -> list[int]:
+    ops = connection.ops
+    table = ops.quote_name(Delivery._meta.db_table)
+    stamp = ops.adapt_datetimefield_value(now)
+    same = [DeliveryStatus.PENDING.value, 1, True, 0, "", stamp, stamp, stamp, stamp, job.pk]
+    rows = [
+        (t.result_id, t.course_id, t.lti_user_id, t.activity_key, ops.adapt_decimalfield_value(t.score, 6, 5),
+         t.resource_link_id, t.line_item_id, t.institution_id, t.registration_id, t.deployment_id)
+        for t in targets
     ]
-    bound = [i for i in candidates if link_id is not None and i.resource_link_id == link_id]
-    picked = bound or candidates
-    return picked[0].pk if picked else None
+    upsert = (
+        f"INSERT INTO {table} ({', '.join([name for name, _ in _ROW_COLUMNS] + _SAME_FOR_ALL)}) {{rows}} "
+        f"ON CONFLICT {conflict} DO UPDATE SET result_id = excluded.result_id, score = excluded.score, "
+        f"version = {table}.version + 1, is_resync = excluded.is_resync, recorded_at = excluded.recorded_at, "
+        f"next_attempt_at = excluded.next_attempt_at, resync_job_id = excluded.resync_job_id, "
+        f"updated_at = excluded.updated_at, "
+        f"status = CASE WHEN {table}.status = 'sending' THEN 'sending' ELSE 'pending' END "
+        f"RETURNING id"
+    )
+    # (WHERE true: SQLite's parser needs it before ON CONFLICT; PostgreSQL does not mind.)
+    constants = ", ".join(["%s"] * len(same))
+    ids: list[int] = []
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # The rows as one JSON parameter: binding thousands of scalars (or arrays) cost more than the insert.
+            names = [name for name, _ in _ROW_COLUMNS]
+            record = ", ".join(f"{name} {kind}" for name, kind in _ROW_COLUMNS)
+            cursor.execute(
+                upsert.format(rows=f"SELECT *, {constants} FROM json_to_recordset(%s::json) AS r({record}) WHERE true"),
+                same + [json.dumps([dict(zip(names, row)) for row in rows], default=str)],
+            )
+            ids += [row[0] for row in cursor.fetchall()]
+        else:
+            one = "(" + ", ".join(["%s"] * len(_ROW_COLUMNS)) + ")"
+            for start in range(0, len(rows), 500):  # SQLite's limit on bound parameters
+                part = rows[start:start + 500]
+                cursor.execute(
+                    upsert.format(rows=f"SELECT *, {constants} FROM (VALUES {', '.join([one] * len(part))}) WHERE true"),
+                    same + [value for row in part for value in row],
+                )
+                ids += [row[0] for row in cursor.fetchall()]
+    return ids
 
 
-def _plan_keys_one_by_one(job: ResyncJob, scope: ResyncScope, keys: list[Key]) -> tuple[int, int, list[int]]:
-    courses = {c.pk: c for c in Course.objects.filter(pk__in={k[0] for k in keys}).select_related("institution", "deployment")}
-    users = LtiUser.objects.in_bulk({k[1] for k in keys})
-    policy = job.institution.grade_policy
-    last = _last_sent_scores(keys) if scope.only_changed else {}
-    planned = skipped = 0
-    for course_id, user_id, key in keys:
-        if scope.only_changed:
-            rows = _rows_by_key(scope, [(course_id, user_id, key)]).get((course_id, user_id, key), [])
-            chosen = pick_result(rows, policy)
-            if chosen is None or last.get((course_id, user_id, key)) == chosen.score:
-                skipped += 1
-                continue
-        delivery = services.plan_delivery(
-            course=courses[course_id], lti_user=users[user_id], activity_key=key, resource_link=None, resync=True, policy=policy
-        )
-        if delivery is None:
-            skipped += 1
+def _replan_unkeyed(job: ResyncJob, targets: list[_Target], now: datetime.datetime) -> dict[Key, int]:
+    """Open rows for neither a line item nor a link get the new grade; returns {key: delivery id} of those updated."""
+    wanted = {(t.course_id, t.lti_user_id, t.activity_key): t for t in targets}
+    open_rows = Delivery.objects.select_for_update().filter(
+        status__in=OPEN_STATUSES, line_item__isnull=True, resource_link__isnull=True,
+        course_id__in={t.course_id for t in targets}, lti_user_id__in={t.lti_user_id for t in targets},
+        activity_key__in={t.activity_key for t in targets},
+    )
+    updated: dict[Key, int] = {}
+    for pk, *key in open_rows.order_by("id").values_list("pk", *KEY_ORDER):
+        target = wanted.get(tuple(key))
+        if target is None or tuple(key) in updated:
             continue
-        Delivery.objects.filter(pk=delivery.pk).update(resync_job=job)
-        planned += 1
-    return planned, skipped, []  # plan_delivery queues its own deliveries
+        Delivery.objects.filter(pk=pk).update(
+            result_id=target.result_id, score=target.score, version=F("version") + 1, is_resync=True,
+            recorded_at=now, next_attempt_at=now, resync_job=job, updated_at=now,
+            status=Case(When(status=DeliveryStatus.SENDING, then=Value(DeliveryStatus.SENDING.value)),
+                        default=Value(DeliveryStatus.PENDING.value)),
+        )
+        updated[tuple(key)] = pk
+    return updated

@@ -28,3 +28,9 @@ def run_resync_job(job_id: int) -> str:
 def queue_resync_deliveries(job_id: int, delivery_ids: list[int]) -> int:
     """Fan one planned batch out into deliver_grade tasks on the resync queue (none if the job was cancelled)."""
     return resync.fan_out(job_id, delivery_ids)
+
+
+@shared_task(name="gradesync.sweep_resync_jobs", ignore_result=True)
+def sweep_resync_jobs() -> dict[str, int]:
+    """Restart resync planners that stalled, fail those that stay dead, finish settled jobs (beat)."""
+    return resync.sweep_resync_jobs()

@@ -1,21 +1,25 @@
 #!/usr/bin/env python
 """Measure how long a resync job takes to plan 100k eligible grades, against PostgreSQL.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/resync_bench \\
-    CELERY_BROKER_URL=redis://127.0.0.1:6379/7 .venv/bin/python scripts/bench_resync.py
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/resync_bench .venv/bin/python scripts/bench_resync.py --runs 3
 
 It creates the database if missing, migrates it, seeds one institution with COURSES courses ×
 LEARNERS learners × ACTIVITIES graded activities (one line item each), two eligible results per
 (course, learner, activity) — 0.9 then 0.5 — and then times `gradesync.resync.run_job` for an
-institution-wide job: set-based batches of 500, each batch's deliveries written in one transaction
-and queued (after commit) on the resync queue of the given broker. Nothing is sent to any LMS
-(no worker consumes the queue; the script purges it at the end). It also times the one-by-one
-path (`services.plan_delivery(resync=True)` per grade) on a sample, for comparison.
+institution-wide job: set-based batches (`resync.BATCH_SIZE`), each batch's deliveries written in
+one transaction and queued (after commit, one message per batch) on the resync queue of the
+broker (CELERY_BROKER_URL, default memory://). Nothing is sent to any LMS (no worker consumes the
+queue; the script purges it at the end). With --runs N it plans N times, deleting the job's
+deliveries in between, and reports each time and the median; --reuse plans the newest seeded
+institution of the same shape again instead of seeding another (seeding takes about a minute).
+It also times the one-by-one path (`services.plan_delivery(resync=True)` per grade) on a sample,
+for comparison.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -66,7 +70,7 @@ def _seed(courses: int, learners: int, activities: int):
                                             lineitems_url=f"https://lms.invalid/courses/{c}/line_items")
         course = Course.objects.create(context=context, institution=institution, deployment=deployment, title=f"Course {c}")
         LtiLineItem.objects.bulk_create(
-            [LtiLineItem(context=context, url=f"https://lms.invalid/courses/{c}/line_items/{a}", label=f"Activity {a}",
+            [LtiLineItem(context=context, url=f"https://lms.invalid/{tag}/courses/{c}/line_items/{a}", label=f"Activity {a}",
                          maximum_score=10, resource_id=str(a)) for a in range(activities)]
         )
         for user in users:
@@ -84,12 +88,26 @@ def _seed(courses: int, learners: int, activities: int):
     return institution
 
 
+def _seeded(keys: int):
+    """The newest bench institution holding exactly `keys` grades, if any."""
+    from gradesync.models import Result
+    from institutions.models import Institution
+
+    for institution in Institution.objects.filter(slug__startswith="bench-").order_by("-id")[:5]:
+        results = Result.objects.filter(course__institution=institution, is_eligible=True).count()
+        if results == 2 * keys:
+            return institution
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--courses", type=int, default=50)
     parser.add_argument("--learners", type=int, default=200)
     parser.add_argument("--activities", type=int, default=10)
     parser.add_argument("--sample", type=int, default=1000, help="grades planned one by one, for comparison")
+    parser.add_argument("--runs", type=int, default=1, help="plan the job this many times; report the median")
+    parser.add_argument("--reuse", action="store_true", help="plan the newest seeded institution of this shape again")
     args = parser.parse_args()
 
     url = os.environ.get("DATABASE_URL", "")
@@ -111,27 +129,42 @@ def main() -> None:
     from gradesync import resync, services
     from gradesync.models import Delivery, ResyncJob, ResyncJobStatus
 
-    started = time.perf_counter()
-    institution = _seed(args.courses, args.learners, args.activities)
     keys = args.courses * args.learners * args.activities
-    print(f"seeded {keys} grades ({2 * keys} eligible results) in {time.perf_counter() - started:.1f} s")
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+    institution = _seeded(keys) if args.reuse else None
+    if institution is None:
+        started = time.perf_counter()
+        institution = _seed(args.courses, args.learners, args.activities)
+        print(f"seeded {keys} grades ({2 * keys} eligible results) in {time.perf_counter() - started:.1f} s")
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+    else:
+        print(f"reusing {institution} ({keys} grades)")
 
     scope = resync.ResyncScope(institution=institution)
     started = time.perf_counter()
     preview = resync.preview_resync(scope)
     print(f"preview: {preview.grades} grades in {time.perf_counter() - started:.2f} s")
 
-    job = ResyncJob.objects.create(institution=institution, status=ResyncJobStatus.QUEUED, estimated=preview.grades,
-                                   requested_by_name="bench")
-    started = time.perf_counter()
-    outcome = resync.run_job(job.pk, slice_seconds=3600)
-    planning = time.perf_counter() - started
-    job.refresh_from_db()
-    print(f"planned {job.planned} grades (skipped {job.skipped}) in {planning:.2f} s "
-          f"({job.planned / planning:.0f} grades/s), outcome {outcome!r}, broker {os.environ['CELERY_BROKER_URL']}")
-    assert Delivery.objects.filter(resync_job=job).count() == keys
+    times: list[float] = []
+    for run in range(args.runs):
+        Delivery.objects.filter(institution=institution).delete()
+        ResyncJob.objects.filter(institution=institution).delete()
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE gradesync_delivery")
+            cursor.execute("ANALYZE gradesync_result")
+        job = ResyncJob.objects.create(institution=institution, status=ResyncJobStatus.QUEUED, estimated=preview.grades,
+                                       requested_by_name="bench")
+        started = time.perf_counter()
+        outcome = resync.run_job(job.pk, slice_seconds=3600)
+        planning = time.perf_counter() - started
+        times.append(planning)
+        job.refresh_from_db()
+        print(f"run {run + 1}: planned {job.planned} grades (skipped {job.skipped}) in {planning:.2f} s "
+              f"({job.planned / planning:.0f} grades/s), batches of {resync.BATCH_SIZE}, outcome {outcome!r}, "
+              f"load average {os.getloadavg()[0]:.2f}, broker {os.environ['CELERY_BROKER_URL']}")
+        assert Delivery.objects.filter(resync_job=job).count() == keys
+    if args.runs > 1:
+        print(f"planning median {statistics.median(times):.2f} s (min {min(times):.2f}, max {max(times):.2f})")
 
     # The one-by-one path on a sample, for comparison (its deliveries already exist: it updates them).
     sample = list(Delivery.objects.filter(resync_job=job).select_related("course__institution", "lti_user")[: args.sample])
