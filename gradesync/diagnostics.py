@@ -3,14 +3,16 @@
 `diagnose(...)` reads only grade sync's own tables (the result ledger, the delivery outbox and
 its exchanges, sync warnings) plus the tenant rows they point at, in a fixed number of queries.
 It returns every eligibility rule with the fact behind it, the attempts and the one the policy
-picks, every exchange with the LMS, and the next steps. `find(...)` is the search box behind it.
+picks, every exchange with the LMS, and the next steps. `find(...)` is the search box behind it,
+`learners_matching(...)` the learner search every admin page shares, and `learner_grades(...)`
+a learner's (course, activity) pairs for their admin page.
 """
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max, Q, QuerySet
 from lti_tool.models import LtiLineItem, LtiUser
 
 from institutions.models import Course, GradePolicy, LmsFamily
@@ -22,6 +24,9 @@ from .policy import pick_result
 
 MAX_EXCHANGES = 200
 MAX_SEARCH_ROWS = 50
+NAME_SEARCH_MIN = 3  # a trigram index needs three characters; shorter terms match ids and emails only
+MAX_LEARNER_GRADES = 200
+MAX_LEARNER_DELIVERIES = 2000
 CANVAS_NOT_LINKED = "not linked to a tool associated with this context"
 
 # The next step for each failed rule. Eligibility is decided when an attempt is recorded and a
@@ -305,7 +310,7 @@ def find(query: str, *, limit: int = MAX_SEARCH_ROWS) -> list[Match]:
         number = int(text.lstrip("#"))
         where = Q(pk=number) | Q(deliveries__pk=number)
     else:
-        users = LtiUser.objects.filter(Q(sub=text) | Q(email__iexact=text) | Q(name__icontains=text)).values("pk")[:200]
+        users = learners_matching(text).values("pk")[:200]
         courses = Course.objects.filter(Q(title__icontains=text) | Q(context__id_on_platform=text)).values("pk")[:200]
         where = Q(lti_user__in=users) | Q(course__in=courses)
     rows = (
@@ -327,3 +332,70 @@ def find(query: str, *, limit: int = MAX_SEARCH_ROWS) -> list[Match]:
         )
         for row in rows
     ]
+
+
+def learners_matching(text: str, *, by_name: bool = True) -> QuerySet[LtiUser]:
+    """LTI users whose LMS user id (sub) is `text`, whose email is `text` in any case, or — when
+    `by_name` and `text` has three characters or more — whose name contains it in any case.
+
+    Each test has its index (migration gradesync 0005: sub; UPPER(email); a trigram index on
+    UPPER(name), PostgreSQL only), so the search stays fast however many learners there are.
+    """
+    text = (text or "").strip()
+    if not text:
+        return LtiUser.objects.none()
+    match = Q(sub=text) | Q(email__iexact=text)
+    if by_name and len(text) >= NAME_SEARCH_MIN:
+        match |= Q(name__icontains=text)
+    return LtiUser.objects.filter(match)
+
+
+@dataclass(frozen=True)
+class LearnerGrade:
+    """One (course, activity) a learner has results for, with its latest delivery."""
+
+    course_id: int
+    course: str
+    institution: str
+    activity_key: str
+    activity_title: str
+    attempts: int
+    last_completed_at: datetime.datetime | None
+    delivery_id: int | None
+    delivery_status: str | None
+    delivery_status_label: str
+
+
+def learner_grades(lti_user: LtiUser, *, limit: int = MAX_LEARNER_GRADES) -> tuple[list[LearnerGrade], bool]:
+    """The learner's (course, activity) pairs, latest completion first, and whether there were more
+    than `limit`. Two queries on the ledger's and the outbox's lti_user indexes."""
+    rows = list(
+        Result.objects.filter(lti_user=lti_user)
+        .values("course_id", "course__title", "course__context__id_on_platform", "course__institution__name", "activity_key")
+        .annotate(attempts=Count("pk"), last=Max("completed_at"), title=Max("activity_title"))
+        .order_by("-last", "course_id", "activity_key")[: limit + 1]
+    )
+    latest: dict[tuple[int, str], dict] = {}
+    for delivery in (
+        Delivery.objects.filter(lti_user=lti_user).order_by("-id")
+        .values("id", "course_id", "activity_key", "status")[:MAX_LEARNER_DELIVERIES]
+    ):
+        latest.setdefault((delivery["course_id"], delivery["activity_key"]), delivery)
+    labels = dict(DeliveryStatus.choices)
+    grades = []
+    for row in rows[:limit]:
+        delivery = latest.get((row["course_id"], row["activity_key"]))
+        status = delivery["status"] if delivery else None
+        grades.append(LearnerGrade(
+            course_id=row["course_id"],
+            course=row["course__title"] or row["course__context__id_on_platform"],
+            institution=row["course__institution__name"],
+            activity_key=row["activity_key"],
+            activity_title=row["title"] or row["activity_key"],
+            attempts=row["attempts"],
+            last_completed_at=row["last"],
+            delivery_id=delivery["id"] if delivery else None,
+            delivery_status=status,
+            delivery_status_label=str(labels.get(status, "—")) if status else "—",
+        ))
+    return grades, len(rows) > limit

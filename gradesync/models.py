@@ -50,6 +50,8 @@ class Result(models.Model):
             models.Index(fields=["course", "lti_user", "activity_key"], name="result_course_user_act_idx"),
             models.Index(fields=["-recorded_at"], name="result_recorded_idx"),
             models.Index(fields=["is_eligible", "-recorded_at"], name="result_eligible_idx"),
+            # The changelist's launch role filter (with or without is_eligible), newest first.
+            models.Index(fields=["launch_role", "is_eligible", "-id"], name="result_role_eligible_idx"),
         ]
 
     def __str__(self) -> str:
@@ -144,7 +146,25 @@ class Delivery(models.Model):
             models.Index(fields=["institution", "status", "-updated_at"], name="delivery_inst_status_idx"),
             models.Index(fields=["course", "lti_user", "activity_key"], name="delivery_course_user_act_idx"),
             models.Index(fields=["line_item", "lti_user", "-id"], name="delivery_line_item_user_idx"),
-            models.Index(fields=["-updated_at"], name="delivery_updated_idx"),
+            # Sync health (gradesync.health) reads the last week through these, never the whole outbox:
+            # counts by state and institution, and the hourly chart (an index-only scan of the window);
+            models.Index(fields=["updated_at", "status", "institution"], name="delivery_window_idx"),
+            # latency of live grades (PostgreSQL: index-only, `include` is ignored elsewhere);
+            models.Index(
+                fields=["updated_at"], include=["recorded_at", "sent_at", "institution"],
+                condition=Q(status="sent", is_resync=False), name="delivery_latency_idx",
+            ),
+            # the oldest undelivered grade (a handful of open rows);
+            models.Index(
+                fields=["recorded_at"], include=["institution"], condition=Q(status__in=OPEN_STATUSES),
+                name="delivery_open_recorded_idx",
+            ),
+            # and the top refusal reasons.
+            models.Index(fields=["updated_at", "institution"], condition=Q(status="refused"), name="delivery_refused_idx"),
+            # The changelist's other filters, so that a value matching few rows (or none) is not a
+            # scan of the table: partial, so that the outbox's updates rarely pay for them.
+            models.Index(fields=["-id"], condition=Q(is_resync=True), name="delivery_resync_rows_idx"),
+            models.Index(fields=["sent_at"], condition=Q(sent_at__isnull=False), name="delivery_sent_at_idx"),
             models.Index(fields=["resync_job", "status"], name="delivery_resync_job_idx"),
         ]
 

@@ -9,6 +9,8 @@ from decimal import Decimal
 from html import unescape
 
 import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -172,3 +174,40 @@ def test_anonymous_is_sent_to_the_login(client):
 
 def test_the_backlog_age_reads_in_words():
     assert [health.duration_words(s) for s in (None, 45, 360, 3 * 3600 + 120, 200 * 3600)] == ["—", "45 s", "6 min", "3 h 2 min", "8 d 8 h"]
+
+
+# The index each sync health query is meant to read, by a word of its SQL.
+HEALTH_INDEXES = {
+    "percentile_cont": "delivery_latency_idx",
+    "MIN(": "delivery_open_recorded_idx",
+    "STRPOS": "delivery_refused_idx",
+    "DATE_TRUNC": "delivery_window_idx",
+    "FILTER": "delivery_window_idx",
+}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's plans and partial indexes")
+def test_every_health_query_can_be_served_by_its_index(outbox):
+    """Each query sync health sends can read its index of migration 0005: a partial index's condition
+    must follow from the query's WHERE, a covering one must hold every column it reads. A test's
+    handful of rows cannot show the planner's choice at scale, so each query is planned with only
+    its index left (dropped inside a savepoint) and sequential scans priced out."""
+    with CaptureQueriesContext(connection) as captured:
+        health.sync_health(now=NOW)
+        health.sync_health(institution=outbox[0], now=NOW)
+    queries = [q["sql"] for q in captured if "gradesync_delivery" in q["sql"] and q["sql"].startswith("SELECT")]
+    assert len(queries) == 2 * 6  # counts, latency ×2, oldest, refusals, chart
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'gradesync_delivery' AND indexname <> 'gradesync_delivery_pkey'")
+        indexes = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for sql in queries:
+            expected = next(index for word, index in HEALTH_INDEXES.items() if word in sql)
+            savepoint = transaction.savepoint()
+            for index in indexes:
+                if index != expected:
+                    cursor.execute(f'DROP INDEX "{index}"')
+            cursor.execute("EXPLAIN " + sql)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            transaction.savepoint_rollback(savepoint)
+            assert expected in plan and "Seq Scan" not in plan, (sql, plan)

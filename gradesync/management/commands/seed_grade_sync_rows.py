@@ -5,9 +5,11 @@
 
 Makes two institutions (each with a Canvas registration, a deployment, courses and learners),
 then `--rows` results, `--rows` deliveries (one per result; mostly sent, some pending, retrying,
-refused and failed, spread over the last 30 days) and `--jobs` finished resync jobs (default:
-`--rows`). On PostgreSQL rows go in with COPY in batches and the tables are ANALYZEd (so the
-planner, and the changelists' estimated counts, see them); elsewhere with bulk_create.
+refused and failed, spread over the last 30 days and written in time order) and `--jobs` finished resync jobs (default:
+`--rows`). On PostgreSQL rows go in with COPY in batches and every table written is VACUUM
+ANALYZEd: the planner, and the changelists' estimated counts, see the rows, and the visibility
+map lets sync health's index-only scans skip the heap (autovacuum does both in production, in
+its own time; it may be off on a development server). Elsewhere rows go in with bulk_create.
 Never run it against a production database: it only adds rows, but many.
 """
 from __future__ import annotations
@@ -79,8 +81,8 @@ class Command(BaseCommand):
             self.stdout.write(f"{jobs} resync jobs in {time.monotonic() - started:.1f} s")
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                for model in (Result, Delivery, ResyncJob, LtiUser, Course):
-                    cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
+                for model in (Result, Delivery, ResyncJob, LtiUser, LtiContext, Course):
+                    cursor.execute(f"VACUUM ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
         self.stdout.write(self.style.SUCCESS(f"seeded in {time.monotonic() - started:.1f} s"))
 
     # --- tenants ------------------------------------------------------------------------------
@@ -119,15 +121,17 @@ class Command(BaseCommand):
 
     # --- rows -----------------------------------------------------------------------------------
 
-    def _moment(self) -> datetime.datetime:
-        return self.now - datetime.timedelta(seconds=self.random.uniform(0, 30 * 86400))
+    def _moments(self, count: int) -> Iterator[datetime.datetime]:
+        """`count` moments of the last 30 days, oldest first: rows go in in time order, as they do in
+        production, so ids and the table's pages follow time (and a day's updates touch a day's pages)."""
+        ages = sorted((self.random.uniform(0, 30 * 86400) for _ in range(count)), reverse=True)
+        return (self.now - datetime.timedelta(seconds=age) for age in ages)
 
     def _results(self, tenants: list[dict], count: int, run: str) -> Iterator[dict]:
         rnd = self.random
-        for index in range(count):
+        for index, completed in enumerate(self._moments(count)):
             tenant = tenants[index % len(tenants)]
             course = rnd.choice(tenant["courses"])
-            completed = self._moment()
             eligible = rnd.random() > 0.05
             activity = rnd.randrange(40)
             yield {
@@ -144,10 +148,9 @@ class Command(BaseCommand):
         rnd = self.random
         statuses = [s for s, _ in STATUS_MIX]
         weights = [w for _, w in STATUS_MIX]
-        for index, result_id in enumerate(result_ids):
+        for index, (result_id, recorded) in enumerate(zip(result_ids, self._moments(len(result_ids)))):
             tenant = tenants[index % len(tenants)]
             status = rnd.choices(statuses, weights)[0]
-            recorded = self._moment()
             sent = recorded + datetime.timedelta(seconds=rnd.lognormvariate(-0.5, 0.8)) if status == DeliveryStatus.SENT else None
             code, message = (None, "")
             if status == DeliveryStatus.REFUSED:
@@ -173,9 +176,8 @@ class Command(BaseCommand):
 
     def _jobs(self, tenants: list[dict], count: int) -> Iterator[dict]:
         rnd = self.random
-        for index in range(count):
+        for index, created in enumerate(self._moments(count)):
             tenant = tenants[index % len(tenants)]
-            created = self._moment()
             planned = rnd.randrange(1, 500)
             yield {
                 "institution_id": tenant["institution"], "course_id": rnd.choice(tenant["courses"]), "activity_key": "",
