@@ -41,7 +41,7 @@ BACKOFF_CAP_SECONDS = 600
 STALE_CLAIM_SECONDS = 300  # default of settings.GRADE_DELIVERY_STALE_CLAIM_SECONDS
 MAX_CLAIMS_WITHOUT_ANSWER = 8
 IN_FLIGHT_SLOT_SECONDS = 60
-SENDER_BATCH = 50  # rows a sender claims at a time
+SENDER_BATCH = 10  # rows a sender claims at a time (small: a row waits behind at most 9 sends)
 SENDER_MAX_SECONDS = 30.0  # then it hands the rest to a fresh task, so one task never runs for ever
 CANVAS_SUBMISSION = "https://canvas.instructure.com/lti/submission"
 
@@ -414,11 +414,13 @@ def deliver(delivery_id: int, registration_id: int | None = None) -> str:
                 enqueue_delivery(first, registration_id=registration_id)
             break
         if not limit.acquire():
-            break  # another sender has it
+            break  # every slot has a sender: they look again when they let go
         try:
-            sender.drain(deadline)
+            claimed = sender.drain(deadline)
         finally:
             limit.release()
+        if not claimed:
+            break  # the due rows are being claimed by another sender right now
     return sender.outcomes.get(delivery_id, "not claimed")
 
 
@@ -433,13 +435,17 @@ class _Sender:
         self.exchanges: list[DeliveryExchange] = []
         self.stopped = False  # the LMS is throttling or failing: leave the rest to their due time
 
-    def drain(self, deadline: float) -> None:
+    def drain(self, deadline: float) -> int:
+        """Claim and send batches until none is due (or the LMS pushes back, or time is up); returns rows claimed."""
+        claimed = 0
         while not self.stopped and time.monotonic() < deadline:
             ids = _claim_batch(self.lms.registration.pk, SENDER_BATCH)
             if not ids:
-                return
+                break
+            claimed += len(ids)
             self.send_batch(ids)
             self.limit.keep()
+        return claimed
 
     def send_batch(self, ids: list[int]) -> None:
         deliveries = list(

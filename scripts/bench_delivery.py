@@ -178,13 +178,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def start_sandbox(processes: Processes, env: dict[str, str], *, port: int, workers: int, threads: int) -> subprocess.Popen:
+def start_sandbox(processes: Processes, env: dict[str, str], *, port: int, workers: int, threads: int,
+                  worker_class: str = "gevent") -> subprocess.Popen:
     sandbox_env = {**env, "DJANGO_SETTINGS_MODULE": "sandbox_lms.server_settings", "SANDBOX_LMS": "True"}
     process = processes.start(
         "sandbox-lms",
         [str(VENV_BIN / "gunicorn"), "sandbox_lms.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads), "--keep-alive", "30",
-         "--backlog", "512"],
+         "--worker-class", worker_class, "--workers", str(workers), "--threads", str(threads),
+         "--worker-connections", "200", "--keep-alive", "30", "--backlog", "512"],
         sandbox_env,
     )
     wait_for_port(port, process=process)
@@ -483,12 +484,16 @@ def write_burst(cells: list[Cell], tag: str) -> list[int]:
 
 
 def publish(ids: list[int]) -> None:
+    """One task per row, with its registration's id, as record_result queues them after commit."""
     from config.celery import app
 
+    from gradesync.models import Delivery
+
+    registrations = dict(Delivery.objects.filter(pk__in=ids).values_list("pk", "registration_id"))
     task = app.tasks["gradesync.deliver_grade"]
     with app.producer_or_acquire() as producer:
         for delivery_id in ids:
-            task.apply_async(args=[delivery_id], queue="grades", producer=producer)
+            task.apply_async(args=[delivery_id, registrations[delivery_id]], queue="grades", producer=producer)
 
 
 def token_requests(regs: list[dict]) -> list[int]:
@@ -527,7 +532,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefetch", type=int, default=8, help="worker_prefetch_multiplier")
     parser.add_argument("--in-flight", type=int, default=8, help="max_requests_in_flight per registration")
     parser.add_argument("--sandbox-workers", type=int, default=2)
-    parser.add_argument("--sandbox-threads", type=int, default=8)
+    parser.add_argument("--sandbox-threads", type=int, default=8, help="threads per sandbox worker (gthread)")
+    parser.add_argument("--sandbox-class", default="gevent", choices=["gevent", "gthread"],
+                        help="gunicorn worker class of the sandbox LMS (see sandbox_lms/fast.py)")
     parser.add_argument("--recorder-threads", type=int, default=4)
     parser.add_argument("--redis-db", type=int, default=12, help="broker db (the cache uses the next one)")
     parser.add_argument("--logs", default=str(ROOT / ".cache" / "bench"), help="where process logs go")
@@ -577,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     tag = uuid.uuid4().hex[:6]
     try:
         port = free_port()
-        sandbox_process = start_sandbox(processes, env, port=port, workers=args.sandbox_workers, threads=args.sandbox_threads)
+        sandbox_process = start_sandbox(processes, env, port=port, workers=args.sandbox_workers,
+                                        threads=args.sandbox_threads, worker_class=args.sandbox_class)
         total_cells = args.registrations * args.courses * args.students * args.activities
         burst_activities = -(-args.burst // (args.registrations * args.courses * args.students))
         regs, cells = seed(
@@ -596,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [f"bench-{tag}-w{n}" for n in range(args.workers)]
         workers = [start_worker(processes, env, name=n, concurrency=args.concurrency, prefetch=args.prefetch) for n in names]
         wait_for_workers(names)
-        log(f"sandbox LMS on 127.0.0.1:{port} ({args.sandbox_workers}×{args.sandbox_threads} gthread), "
+        log(f"sandbox LMS on 127.0.0.1:{port} ({args.sandbox_workers} {args.sandbox_class} workers), "
             f"{args.workers} worker(s) × {args.concurrency} threads, prefetch {args.prefetch}, "
             f"in-flight {args.in_flight}/registration")
 
