@@ -407,11 +407,9 @@ def deliver(delivery_id: int, registration_id: int | None = None) -> str:
     finally:
         limit.release()
     # Look again once the slot is free: a task that found every slot taken relies on it.
-    while not sender.stopped and _due(registration_id, timezone.now()).exists():
+    while not sender.stopped and (first_due := _due(registration_id, timezone.now()).values_list("pk", flat=True).first()):
         if time.monotonic() > deadline:
-            first = _due(registration_id, timezone.now()).values_list("pk", flat=True).first()
-            if first:
-                enqueue_delivery(first, registration_id=registration_id)
+            enqueue_delivery(first_due, registration_id=registration_id)  # a fresh task carries on
             break
         if not limit.acquire():
             break  # every slot has a sender: they look again when they let go
@@ -434,6 +432,7 @@ class _Sender:
         self.outcomes: dict[int, str] = {}
         self.exchanges: list[DeliveryExchange] = []
         self.stopped = False  # the LMS is throttling or failing: leave the rest to their due time
+        self.wait, self.why = 0.0, ""
 
     def drain(self, deadline: float) -> int:
         """Claim and send batches until none is due (or the LMS pushes back, or time is up); returns rows claimed."""

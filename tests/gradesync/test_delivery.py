@@ -11,7 +11,7 @@ from django.utils import timezone
 from courseware.models import Activity, ActivityKind, ActivityLink, Launch
 from gradesync import api as gradesync_api
 from gradesync import services
-from gradesync.models import Delivery, DeliveryStatus, Result
+from gradesync.models import Delivery, DeliveryExchange, DeliveryStatus, Result
 from institutions.models import GradePolicy
 from sandbox_lms import api as sandbox
 from tests import lms
@@ -314,3 +314,46 @@ def test_grades_flow_through_a_real_celery_worker(canvas, celery_worker):
         time.sleep(0.1)
     assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 3
     assert all(canvas.gradebook(s) == pytest.approx(10) for s in canvas.connected.students)
+
+
+def _record_while_every_slot_is_held(canvas, students, score):
+    """Record one grade per student while the LMS's in-flight slots are all held: they stay pending."""
+    launches = [canvas.launch(student) for student in students]
+    registration_id = canvas.connected.deployment.registration_id
+    slots = canvas.connected.deployment.registration.profile.max_requests_in_flight
+    held = [services.InFlightLimit(registration_id, slots) for _ in range(slots)]
+    assert all(limit.acquire() for limit in held)
+    try:
+        for launch in launches:
+            canvas.finish(launch, score)
+        assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.PENDING}
+        assert not canvas.score_posts()
+    finally:
+        for limit in held:
+            limit.release()
+    return list(Delivery.objects.order_by("pk"))
+
+
+def test_grades_queued_while_every_slot_is_busy_are_sent_by_the_next_sender(canvas):
+    """A task that finds the LMS's slots all taken leaves its grade to a sender, which sends every due grade."""
+    students = canvas.connected.students[:3]
+    rows = _record_while_every_slot_is_held(canvas, students, "0.6")
+    assert services.deliver(rows[0].pk) == "sent"
+    assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SENT}
+    assert [canvas.gradebook(student) for student in students] == [pytest.approx(12)] * 3
+
+
+def test_a_throttled_lms_gets_no_more_requests_from_that_sender(canvas):
+    rows = _record_while_every_slot_is_held(canvas, canvas.connected.students[:3], "0.6")
+    sandbox.set_faults(registration=canvas.connected.seeded.registration, throttle_rate=1.0, retry_after=30)
+    sandbox.forget_caches()
+    before = timezone.now()
+    assert services.deliver(rows[0].pk) == "retrying"
+    # The 429 stopped the sender: one request to that LMS, none for the rest of the batch.
+    assert DeliveryExchange.objects.filter(status_code=429).count() == DeliveryExchange.objects.count() == 1
+    first = Delivery.objects.get(pk=rows[0].pk)
+    assert (first.next_attempt_at - before).total_seconds() >= 29
+    # The others were not tried: left for the sweeper, no attempt spent on them.
+    assert list(Delivery.objects.filter(pk__in=[rows[1].pk, rows[2].pk]).values_list("status", "attempts")) == [
+        (DeliveryStatus.PENDING, 0), (DeliveryStatus.PENDING, 0)
+    ]
