@@ -109,6 +109,11 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    answer_lost = models.BooleanField(
+        default=False,
+        help_text=_("A send was cut off without the LMS's answer (the worker stopped): the LMS's result is read "
+                    "before sending again, so a grade that landed is not posted twice."),
+    )
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_message = models.TextField(blank=True)
     last_timestamp = models.DateTimeField(null=True, blank=True, help_text=_("The score timestamp last sent."))
