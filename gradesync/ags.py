@@ -27,6 +27,8 @@ from institutions.keys import tool_signing_key
 
 SCORE_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
 LINEITEM_READ_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
+RESULT_READ_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/result.readonly"
+RESULT_CONTAINER_TYPE = "application/vnd.ims.lis.v2.resultcontainer+json"
 SCORE_CONTENT_TYPE = "application/vnd.ims.lis.v1.score+json"
 LINEITEM_CONTAINER_TYPE = "application/vnd.ims.lis.v2.lineitemcontainer+json"
 TOKEN_EXPIRY_MARGIN_SECONDS = 120
@@ -153,10 +155,19 @@ def access_token(
 # --- Scores and line items ----------------------------------------------------------------------
 
 
+def _service_url(line_item_url: str, service: str) -> str:
+    parts = urlsplit(line_item_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{service}", parts.query, parts.fragment))
+
+
 def scores_url(line_item_url: str) -> str:
     """`{line item}/scores`, keeping the line item's query string (Moodle's `?type_id=`)."""
-    parts = urlsplit(line_item_url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/scores", parts.query, parts.fragment))
+    return _service_url(line_item_url, "scores")
+
+
+def results_url(line_item_url: str) -> str:
+    """`{line item}/results`, keeping the line item's query string."""
+    return _service_url(line_item_url, "results")
 
 
 def score_timestamp(moment: datetime.datetime) -> str:
@@ -186,6 +197,30 @@ def post_score(*, line_item_url: str, token: str, payload: dict[str, Any]) -> An
     return Answer(
         response.status_code, response.text[:2000], dict(response.headers), int((time.monotonic() - started) * 1000)
     )
+
+
+def read_result(*, line_item_url: str, token: str, user_id: str) -> float | None:
+    """The fraction (resultScore / resultMaximum) the LMS holds for one learner on a line item, or None.
+
+    Raises AgsError or TokenError when the LMS does not answer or refuses (no results scope)."""
+    try:
+        response = http_session().get(
+            results_url(line_item_url),
+            params={"user_id": user_id},
+            headers={"Authorization": f"Bearer {token}", "Accept": RESULT_CONTAINER_TYPE},
+            timeout=timeouts(),
+        )
+    except requests.RequestException as error:
+        raise AgsError(f"{type(error).__name__}: {error}") from error
+    if response.status_code != 200:
+        raise TokenError(f"results answered {response.status_code}: {response.text[:300]}", response.status_code,
+                         response.text[:2000], dict(response.headers))
+    try:
+        rows = [row for row in response.json() if row.get("userId") == user_id]
+        score, maximum = rows[0].get("resultScore"), rows[0].get("resultMaximum") or 1
+        return None if score is None else float(score) / float(maximum)
+    except (ValueError, TypeError, AttributeError, IndexError, ZeroDivisionError):
+        return None
 
 
 def find_line_items(*, lineitems_url: str, token: str, **filters: str) -> list[dict[str, Any]]:

@@ -54,10 +54,16 @@ def enqueue_delivery(delivery_id: int, *, resync: bool = False, registration_id:
 
 
 def _enqueue_on_commit(delivery_id: int, *, resync: bool = False, registration_id: int | None = None) -> None:
-    # robust: a broker outage must not break the request; the sweeper picks the row up.
-    transaction.on_commit(
-        lambda: enqueue_delivery(delivery_id, resync=resync, registration_id=registration_id), robust=True
-    )
+    transaction.on_commit(lambda: _enqueue_or_leave_to_sweep(delivery_id, resync, registration_id))
+
+
+def _enqueue_or_leave_to_sweep(delivery_id: int, resync: bool, registration_id: int | None) -> None:
+    # A broker outage must not break the request that recorded the grade: the row is committed and
+    # the sweeper queues it again once the broker is back. One line, not a traceback per grade.
+    try:
+        enqueue_delivery(delivery_id, resync=resync, registration_id=registration_id)
+    except Exception as error:  # noqa: BLE001 — any publish failure leaves the row to the sweeper
+        logger.warning("Broker unreachable; delivery %s is left to the sweeper: %s", delivery_id, error)
 
 
 # --- Recording --------------------------------------------------------------------------------
@@ -494,6 +500,12 @@ class _Sender:
                 delivery.line_item = line_item
                 last = _last_timestamps([delivery]).get((line_item.pk, delivery.lti_user_id))
             version = delivery.version
+            if delivery.answer_lost and self.already_holds(delivery, deployment_id):
+                self.exchange(delivery, 200, Outcome.SENT, "Read the LMS's result: it already holds this grade.", 0, None, None)
+                return self.finish(
+                    delivery, Outcome.SENT, 200, "The LMS already held this grade: the send cut off by a stopped "
+                    "worker had landed, so it was not posted again.", sent_timestamp=timezone.now(), version=version,
+                )
             score_scope = (ags.SCORE_SCOPE,)
             token = self.token_for(score_scope, deployment_id)
             refreshed = stale_resent = False
@@ -545,6 +557,15 @@ class _Sender:
         except ags.AgsError as error:
             self.exchange(delivery, None, Outcome.RETRY, str(error), 0, None, None)
             return self.finish(delivery, Outcome.RETRY, None, f"No answer from the LMS: {error}")
+
+    def already_holds(self, delivery: Delivery, deployment_id: str) -> bool:
+        """Whether the LMS's result for this learner is already this grade (read before resending a cut-off send)."""
+        try:
+            token = self.token_for((ags.RESULT_READ_SCOPE,), deployment_id)
+            held = ags.read_result(line_item_url=delivery.line_item.url, token=token, user_id=delivery.lti_user.sub)
+        except (ags.AgsError, ags.TokenError):
+            return False  # can't tell: send it (a duplicate POST is harmless, a missing grade is not)
+        return held is not None and abs(held - float(delivery.score)) < 1e-4
 
     def exchange(self, delivery, status_code, outcome, body, duration_ms, payload, timestamp) -> None:
         self.exchanges.append(
@@ -622,7 +643,9 @@ def _finish(
 ) -> tuple[str, float]:
     """Record what became of a send; returns that and, for a retry, the wait before the next try."""
     now = timezone.now()
-    fields: dict[str, object] = {"last_status_code": status_code, "last_message": message, "claimed_at": None}
+    fields: dict[str, object] = {
+        "last_status_code": status_code, "last_message": message, "claimed_at": None, "answer_lost": False,
+    }
     if sent_timestamp is not None and outcome == Outcome.SENT:
         fields["last_timestamp"] = sent_timestamp
     if outcome == Outcome.SENT:
@@ -669,7 +692,7 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
     )
     reclaimed = list(stale.values_list("pk", "is_resync", "registration_id"))
     counts["reclaimed"] = stale.filter(pk__in=[pk for pk, _, _ in reclaimed]).update(
-        status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None
+        status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None, answer_lost=True
     )
     for delivery_id, is_resync, registration_id in reclaimed:
         enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)

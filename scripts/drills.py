@@ -113,6 +113,7 @@ class Stage:
         self.sandbox: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
         self.worker_n = 0
+        self.worker_down_on_purpose = False
         self.env: dict[str, str] = {}
         self.sweeping = threading.Event()
         self.sweeper: threading.Thread | None = None
@@ -146,9 +147,18 @@ class Stage:
         name = f"drills-w{self.worker_n}"
         self.worker = bench.start_worker(self.processes, self.env, name=name, concurrency=8, prefetch=4)
         bench.wait_for_workers([name])
+        self.worker_down_on_purpose = False
 
     def kill_worker(self) -> None:
+        self.worker_down_on_purpose = True
         bench.Processes.stop(self.worker, kill=True)
+
+    def _supervise_worker(self) -> None:
+        # As systemd's Restart=always does in production (README): Celery's worker can exit on a lost
+        # broker connection (kombu's Redis transport raising while it restores unacked messages).
+        if self.worker is not None and not self.worker_down_on_purpose and self.worker.poll() is not None:
+            log(f"  worker exited (code {self.worker.returncode}); restarted, as its supervisor would")
+            self.start_worker()
 
     def _sweep_loop(self) -> None:
         from django.db import close_old_connections
@@ -159,6 +169,7 @@ class Stage:
         while self.sweeping.is_set():
             try:
                 close_old_connections()
+                self._supervise_worker()
                 services.sweep()
             except Exception as error:  # noqa: BLE001 — the sweeper outlives outages
                 log(f"  sweeper: {type(error).__name__}: {str(error)[:100]}")

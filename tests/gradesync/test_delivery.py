@@ -304,6 +304,31 @@ def test_a_worker_killed_mid_send_is_reclaimed_by_the_sweeper(canvas):
     assert Delivery.objects.get().status == DeliveryStatus.SENT and canvas.gradebook(student) == pytest.approx(12)
 
 
+def test_a_send_cut_off_after_it_landed_is_not_posted_again(canvas):
+    student = canvas.connected.students[0]
+    canvas.finish(canvas.launch(student), "0.6")
+    assert canvas.gradebook(student) == pytest.approx(12) and len(canvas.score_posts()) == 1
+    # As if the worker died after the LMS accepted the POST but before the row was marked sent.
+    Delivery.objects.update(status=DeliveryStatus.SENDING, claimed_at=timezone.now() - datetime.timedelta(minutes=10))
+    assert services.sweep()["reclaimed"] == 1
+    delivery = Delivery.objects.get()
+    assert delivery.status == DeliveryStatus.SENT and not delivery.answer_lost
+    assert "already held" in delivery.last_message
+    assert len(canvas.score_posts()) == 1 and canvas.gradebook(student) == pytest.approx(12)
+
+
+def test_a_send_cut_off_before_it_landed_is_posted_after_reading_the_lms(canvas):
+    student = canvas.connected.students[0]
+    canvas.finish(canvas.launch(student), "0.6")
+    # A newer grade whose send was cut off before reaching the LMS: the LMS still holds 0.6.
+    Delivery.objects.update(score=Decimal("0.9"), status=DeliveryStatus.SENDING,
+                            claimed_at=timezone.now() - datetime.timedelta(minutes=10))
+    assert services.sweep()["reclaimed"] == 1
+    delivery = Delivery.objects.get()
+    assert delivery.status == DeliveryStatus.SENT
+    assert len(canvas.score_posts()) == 2 and canvas.gradebook(student) == pytest.approx(18)
+
+
 def test_grades_flow_through_a_real_celery_worker(canvas, celery_worker):
     for student in canvas.connected.students:
         canvas.finish(canvas.launch(student), "0.5")
