@@ -737,9 +737,9 @@ _ROW_COLUMNS = [  # with their PostgreSQL types
     ("score", "numeric"), ("resource_link_id", "bigint"), ("line_item_id", "bigint"), ("institution_id", "bigint"),
     ("registration_id", "bigint"), ("deployment_id", "bigint"),
 ]
-_SAME_FOR_ALL = [
+_SAME_FOR_ALL = [  # every other NOT NULL column too: Django's defaults are not the database's
     "status", "version", "is_resync", "attempts", "last_message", "next_attempt_at", "recorded_at", "created_at",
-    "updated_at", "resync_job_id",
+    "updated_at", "resync_job_id", "answer_lost",
 ]
 
 
@@ -771,7 +771,7 @@ def _upsert(job: ResyncJob, targets: list[_Target], now: datetime.datetime, conf
     ops = connection.ops
     table = ops.quote_name(Delivery._meta.db_table)
     stamp = ops.adapt_datetimefield_value(now)
-    same = [DeliveryStatus.PENDING.value, 1, True, 0, "", stamp, stamp, stamp, stamp, job.pk]
+    same = [DeliveryStatus.PENDING.value, 1, True, 0, "", stamp, stamp, stamp, stamp, job.pk, False]
     rows = [
         (t.result_id, t.course_id, t.lti_user_id, t.activity_key, ops.adapt_decimalfield_value(t.score, 6, 5),
          t.resource_link_id, t.line_item_id, t.institution_id, t.registration_id, t.deployment_id)

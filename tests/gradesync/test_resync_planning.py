@@ -8,6 +8,7 @@ import itertools
 from decimal import Decimal
 
 import pytest
+from django.db import models
 from django.utils import timezone
 from lti_tool.models import LtiLineItem, LtiResourceLink, LtiUser
 
@@ -312,3 +313,14 @@ def test_the_sweeper_finishes_jobs_whose_deliveries_have_settled(
     assert resync.sweep_resync_jobs()["done"] == 1
     job.refresh_from_db()
     assert (job.status, job.sent) == (ResyncJobStatus.DONE, 1)
+
+
+def test_the_planners_insert_writes_every_column_the_database_requires():
+    """The batch INSERT names its columns: a NOT NULL column it leaves out (Django's defaults are not
+    the database's) would fail every resync, as `answer_lost` did until it was added there."""
+    written = {name for name, _ in resync._ROW_COLUMNS} | set(resync._SAME_FOR_ALL)
+    required = {
+        field.column for field in Delivery._meta.concrete_fields
+        if not field.null and not field.primary_key and field.db_default is models.NOT_PROVIDED
+    }
+    assert required <= written, required - written
