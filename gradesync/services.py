@@ -40,7 +40,8 @@ BACKOFF_BASE_SECONDS = 2
 BACKOFF_CAP_SECONDS = 600
 STALE_CLAIM_SECONDS = 300  # default of settings.GRADE_DELIVERY_STALE_CLAIM_SECONDS
 MAX_CLAIMS_WITHOUT_ANSWER = 8
-IN_FLIGHT_SLOT_SECONDS = 60
+IN_FLIGHT_SLOT_SECONDS = 30  # a killed worker's slots free themselves this soon; senders renew theirs
+SLOT_RENEW_SECONDS = 5.0
 SENDER_BATCH = 10  # rows a sender claims at a time (small: a row waits behind at most 9 sends)
 SENDER_MAX_SECONDS = 30.0  # then it hands the rest to a fresh task, so one task never runs for ever
 CANVAS_SUBMISSION = "https://canvas.instructure.com/lti/submission"
@@ -85,38 +86,57 @@ def record_result(
     launch_deployment,
     link_graded: bool | None,
 ) -> Result:
-    result, created = Result.objects.get_or_create(
+    # Every grade passes here, so it is written in few statements: the line items are read once
+    # (for the eligibility rule and for the delivery), the verdict goes in with the insert.
+    candidates = _line_item_candidates(course, activity_key, resource_link)
+    result = Result(
         source_ref=source_ref,
-        defaults={
-            "lti_user": lti_user,
-            "course": course,
-            "activity_key": activity_key,
-            "activity_title": activity_title,
-            "resource_link": resource_link,
-            "score": score,
-            "completed_at": completed_at,
-            "launch_role": launch_role,
-            "launched_course": launched_course,
-            "launch_deployment": launch_deployment,
-            "link_graded": link_graded,
-        },
+        lti_user=lti_user,
+        course=course,
+        activity_key=activity_key,
+        activity_title=activity_title,
+        resource_link=resource_link,
+        score=score,
+        completed_at=completed_at,
+        launch_role=launch_role,
+        launched_course=launched_course,
+        launch_deployment=launch_deployment,
+        link_graded=link_graded,
     )
-    if not created:
-        return result
-    failure = first_failure(check_result(result, course=course))
+    failure = first_failure(check_result(result, course=course, line_item=_bound(candidates, resource_link)))
     result.is_eligible = failure is None and lti_user is not None
     result.ineligible_reason = f"{failure.title}: {failure.fact}" if failure else ""
-    result.save(update_fields=["is_eligible", "ineligible_reason"])
+    try:
+        with transaction.atomic():
+            result.save(force_insert=True)
+    except IntegrityError:
+        recorded = Result.objects.filter(source_ref=source_ref).first()
+        if recorded is None:
+            raise
+        return recorded  # reported before: idempotent
     if result.is_eligible:
-        plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=resource_link)
+        _plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=resource_link,
+                       candidates=candidates)
     return result
 
 
-def _line_item_for(course: Course, activity_key: str, resource_link: LtiResourceLink | None) -> LtiLineItem | None:
-    """The line item to deliver to; warns support when one activity has several in a course."""
+def _line_item_candidates(course: Course, activity_key: str, resource_link: LtiResourceLink | None) -> list[LtiLineItem]:
     # Without a link, only the activity id can match (not every line item that has no link).
     matches = Q(resource_id=activity_key) | Q(resource_link=resource_link) if resource_link else Q(resource_id=activity_key)
-    candidates = list(LtiLineItem.objects.filter(context_id=course.context_id).filter(matches).order_by("-id"))
+    return list(LtiLineItem.objects.filter(context_id=course.context_id).filter(matches).order_by("-id"))
+
+
+def _bound(candidates: list[LtiLineItem], resource_link: LtiResourceLink | None) -> LtiLineItem | None:
+    if resource_link is None:
+        return None
+    return next((c for c in candidates if c.resource_link_id == resource_link.pk), None)
+
+
+def _line_item_for(course: Course, activity_key: str, resource_link: LtiResourceLink | None,
+                   candidates: list[LtiLineItem] | None = None) -> LtiLineItem | None:
+    """The line item to deliver to; warns support when one activity has several in a course."""
+    if candidates is None:
+        candidates = _line_item_candidates(course, activity_key, resource_link)
     if len({c.url for c in candidates}) > 1:
         SyncWarning.objects.update_or_create(
             course=course,
@@ -128,8 +148,7 @@ def _line_item_for(course: Course, activity_key: str, resource_link: LtiResource
                 + ". Grades go to the one bound to the launched link; remove the extra column in the LMS."
             },
         )
-    bound = [c for c in candidates if resource_link is not None and c.resource_link_id == resource_link.pk]
-    return (bound or candidates or [None])[0]
+    return _bound(candidates, resource_link) or (candidates or [None])[0]
 
 
 @transaction.atomic
@@ -147,17 +166,45 @@ def plan_delivery(
     Returns None when there is nothing to send: no eligible result, or the LMS already holds
     exactly this grade from a live sync (a resync always sends).
     """
+    return _plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=resource_link,
+                          resync=resync, policy=policy)
+
+
+def _plan_delivery(
+    *,
+    course: Course,
+    lti_user: LtiUser,
+    activity_key: str,
+    resource_link: LtiResourceLink | None,
+    resync: bool = False,
+    policy: str | None = None,
+    candidates: list[LtiLineItem] | None = None,
+) -> Delivery | None:
+    """plan_delivery, in the caller's transaction."""
     policy = policy or course.institution.grade_policy
     chosen = policy_result(course_id=course.pk, lti_user_id=lti_user.pk, activity_key=activity_key, policy=policy)
     if chosen is None:
         return None
-    link = resource_link or (LtiResourceLink.objects.filter(pk=chosen.resource_link_id).first())
-    line_item = _line_item_for(course, activity_key, link)
+    link = resource_link
+    if link is None:
+        # A resync names no link: the chosen result's (and so other line items than any given).
+        candidates = None
+        link = LtiResourceLink.objects.filter(pk=chosen.resource_link_id).first() if chosen.resource_link_id else None
+    line_item = _line_item_for(course, activity_key, link, candidates)
     pair = Q(line_item=line_item) if line_item is not None else Q(line_item__isnull=True, resource_link=link)
-    pair_rows = Delivery.objects.filter(pair, lti_user=lti_user)
-    open_row = pair_rows.filter(status__in=OPEN_STATUSES).select_for_update().first()
+    # One open row at most per pair, and it is the pair's newest (no row opens while one is open), so
+    # one locked read gives either the open row or the last grade sent (refused/dead rows aside).
+    newest = (
+        Delivery.objects.filter(pair, lti_user=lti_user)
+        .exclude(status__in=[DeliveryStatus.REFUSED, DeliveryStatus.DEAD])
+        .order_by("-id")
+        .select_for_update()
+        .only("id", "status", "result_id", "score", "is_resync", "registration_id")
+        .first()
+    )
     now = timezone.now()
-    if open_row is not None:
+    if newest is not None and newest.status in OPEN_STATUSES:
+        open_row = newest
         if open_row.result_id != chosen.pk or open_row.score != chosen.score or (resync and not open_row.is_resync):
             Delivery.objects.filter(pk=open_row.pk).update(
                 result=chosen,
@@ -170,18 +217,16 @@ def plan_delivery(
             )
         _enqueue_on_commit(open_row.pk, resync=resync, registration_id=open_row.registration_id)
         return open_row
-    if not resync:
-        last_sent = pair_rows.filter(status=DeliveryStatus.SENT).order_by("-id").only("score").first()
-        if last_sent is not None and last_sent.score == chosen.score:
-            return None
+    if not resync and newest is not None and newest.score == chosen.score:
+        return None  # the LMS holds exactly this grade already
     try:
         with transaction.atomic():
             delivery = Delivery.objects.create(
                 result=chosen,
                 course=course,
-                institution=course.institution,
+                institution_id=course.institution_id,
                 registration_id=course.deployment.registration_id,
-                deployment=course.deployment,
+                deployment_id=course.deployment_id,
                 lti_user=lti_user,
                 resource_link=link,
                 line_item=line_item,
@@ -193,7 +238,8 @@ def plan_delivery(
             )
     except IntegrityError:
         # Another transaction opened the row first: update that one instead.
-        return plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=link, resync=resync, policy=policy)
+        return _plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=link,
+                              resync=resync, policy=policy)
     _enqueue_on_commit(delivery.pk, resync=resync, registration_id=delivery.registration_id)
     return delivery
 
@@ -230,6 +276,12 @@ def _due(registration_id: int, now: datetime.datetime):
         status__in=[DeliveryStatus.PENDING, DeliveryStatus.RETRYING],
         next_attempt_at__lte=now,
     )
+
+
+def _first_due(registration_id: int) -> int | None:
+    # Ordered as the partial index `delivery_registration_due_idx` is (not by id): a read of one entry.
+    ids = _due(registration_id, timezone.now()).order_by("is_resync", "next_attempt_at").values_list("pk", flat=True)[:1]
+    return next(iter(ids), None)
 
 
 def _claim_batch(registration_id: int, size: int) -> list[int]:
@@ -321,6 +373,7 @@ class InFlightLimit:
     def __init__(self, registration_id: int, limit: int) -> None:
         self.keys = [f"ags-inflight:{registration_id}:{slot}" for slot in range(max(limit, 1))]
         self.held: str | None = None
+        self.renewed = 0.0
 
     def acquire(self) -> bool:
         """Take a free slot now, or say there is none (without waiting: whoever holds one sends our rows too)."""
@@ -332,16 +385,17 @@ class InFlightLimit:
             if cache.add(key, 1, IN_FLIGHT_SLOT_SECONDS):
                 with _held_lock:
                     _held_slots.add(key)
-                self.held = key
+                self.held, self.renewed = key, time.monotonic()
                 return True
         return False
 
     def keep(self) -> None:
-        """A long-running sender renews its slot before it expires."""
+        """A long-running sender renews its slot before it expires (at most every few seconds)."""
         from django.core.cache import cache
 
-        if self.held:
+        if self.held and time.monotonic() - self.renewed > SLOT_RENEW_SECONDS:
             cache.touch(self.held, IN_FLIGHT_SLOT_SECONDS)
+            self.renewed = time.monotonic()
 
     def release(self) -> None:
         from django.core.cache import cache
@@ -408,12 +462,14 @@ def deliver(delivery_id: int, registration_id: int | None = None) -> str:
     deadline = time.monotonic() + SENDER_MAX_SECONDS
     try:
         if _claim(delivery_id, timezone.now()):
+            # Its own row only: the look below (after the slot is let go) finds any others.
             sender.send_batch([delivery_id])
-        sender.drain(deadline)
+        else:
+            sender.drain(deadline)
     finally:
         limit.release()
     # Look again once the slot is free: a task that found every slot taken relies on it.
-    while not sender.stopped and (first_due := _due(registration_id, timezone.now()).values_list("pk", flat=True).first()):
+    while not sender.stopped and (first_due := _first_due(registration_id)):
         if time.monotonic() > deadline:
             enqueue_delivery(first_due, registration_id=registration_id)  # a fresh task carries on
             break
@@ -449,7 +505,6 @@ class _Sender:
                 break
             claimed += len(ids)
             self.send_batch(ids)
-            self.limit.keep()
         return claimed
 
     def send_batch(self, ids: list[int]) -> None:
@@ -466,13 +521,16 @@ class _Sender:
                     break
                 last = last_sent.get((delivery.line_item_id, delivery.lti_user_id))
                 self.outcomes[delivery.pk] = self.send(delivery, last)
+                self.limit.keep()
         finally:
             self.flush()
 
     def flush(self) -> None:
-        if self.exchanges:
+        if len(self.exchanges) == 1:
+            self.exchanges[0].save(force_insert=True)  # one statement (bulk_create adds a transaction)
+        elif self.exchanges:
             DeliveryExchange.objects.bulk_create(self.exchanges)
-            self.exchanges = []
+        self.exchanges = []
 
     def token_for(self, scopes: tuple[str, ...], deployment_id: str, rejected: str | None = None) -> str:
         if rejected is None and scopes in self.tokens:
