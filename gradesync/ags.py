@@ -34,6 +34,10 @@ LINEITEM_CONTAINER_TYPE = "application/vnd.ims.lis.v2.lineitemcontainer+json"
 TOKEN_EXPIRY_MARGIN_SECONDS = 120
 ASSERTION_LIFETIME_SECONDS = 300
 TOKEN_LOCK_SECONDS = 15
+# Each worker process remembers a token briefly, so a grade costs no cache round trip for it; a
+# token the LMS rejects is replaced at once (see `rejected`), and the memo never outlives the cache.
+TOKEN_MEMO_SECONDS = 60
+_token_memo: dict[str, tuple[str, float]] = {}
 USER_AGENT = "CoursewareGradeSync/1.0 (+LTI 1.3 AGS)"
 
 _local = threading.local()
@@ -130,6 +134,21 @@ def access_token(
     holds that one (another worker may already have replaced it).
     """
     key = _token_cache_key(registration, scopes)
+    memo = _token_memo.get(key)
+    if memo and memo[0] != rejected and memo[1] > time.monotonic():
+        return memo[0]
+    token = _shared_token(registration, scopes, key, deployment_id, rejected)
+    _token_memo[key] = (token, time.monotonic() + TOKEN_MEMO_SECONDS)
+    return token
+
+
+def forget_tokens() -> None:
+    """Drop this process's memo of tokens (the shared cache keeps them)."""
+    _token_memo.clear()
+
+
+def _shared_token(registration: LtiRegistration, scopes: tuple[str, ...], key: str, deployment_id: str,
+                  rejected: str | None) -> str:
     deadline = time.monotonic() + TOKEN_LOCK_SECONDS
     while True:
         cached = cache.get(key)

@@ -538,7 +538,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recorder-threads", type=int, default=4)
     parser.add_argument("--redis-db", type=int, default=12, help="broker db (the cache uses the next one)")
     parser.add_argument("--logs", default=str(ROOT / ".cache" / "bench"), help="where process logs go")
-    parser.add_argument("--profile-workers", action="store_true", help="py-spy record the worker during phase 2")
+    parser.add_argument("--profile-workers", action="store_true", help="py-spy record the worker in phase 1 and phase 2 (logs/worker-phase1.txt, worker.txt)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = min(args.seconds, 10.0)
@@ -610,6 +610,12 @@ def main(argv: list[str] | None = None) -> int:
 
         # Phase 1: latency at a fixed rate.
         cpu0 = sum(cpu_seconds(w.pid) for w in workers)
+        if args.profile_workers:
+            subprocess.Popen(
+                [str(VENV_BIN / "py-spy"), "record", "-p", str(workers[0].pid), "-o", str(Path(args.logs) / "worker-phase1.txt"),
+                 "--format", "raw", "-r", "50", "-d", "12", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         results = record_at_rate(phase1_cells, rate=args.rate, seconds=args.seconds, threads=args.recorder_threads, tag=tag)
         wait_drained(None, 120)
         cpu1 = sum(cpu_seconds(w.pid) for w in workers)

@@ -5,6 +5,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 
+from gradesync import ags
 from institutions.roles import INTEGRATION, READ_ONLY, SUPPORT
 
 from .factories import InstitutionFactory
@@ -13,6 +14,7 @@ from .factories import InstitutionFactory
 @pytest.fixture(autouse=True)
 def _clear_cache():
     cache.clear()
+    ags.forget_tokens()
     yield
 
 
