@@ -199,7 +199,7 @@ def start_worker(processes: Processes, env: dict[str, str], *, name: str, concur
     return processes.start(
         name,
         [str(VENV_BIN / "celery"), "-A", "config", "worker", "--pool=threads", f"--concurrency={concurrency}",
-         "-Q", "grades,resync", "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "-Q", "grades,resync", f"--loglevel={os.environ.get('BENCH_WORKER_LOGLEVEL', 'WARNING')}", "--without-gossip", "--without-mingle", "--without-heartbeat",
          "-n", f"{name}@%h"],
         worker_env,
     )
@@ -579,7 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     from config.celery import app
 
     cache.clear()
-    app.control.purge()
+    # The broker db is this script's own: empty it (app.control.purge() would empty only the default
+    # queue, and tasks an earlier run left on `grades` would be worked through before this run's).
+    import redis
+
+    redis.Redis.from_url(redis_url(broker_url, args.redis_db)).flushdb()
     processes = Processes(Path(args.logs))
     tag = uuid.uuid4().hex[:6]
     try:
