@@ -570,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = time.monotonic()
     bench_db = derived_database_url(database_url, "_bench")
     log(f"database {urlsplit(bench_db).path.lstrip('/')}, Redis dbs {args.redis_db}/{args.redis_db + 1}")
+    bench_name = urlsplit(bench_db).path.lstrip("/")
     prepare_database(bench_db)
     env = configure_django(bench_db, redis_url(broker_url, args.redis_db), redis_url(broker_url, args.redis_db + 1))
     migrate()
@@ -647,12 +648,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         cpu0 = sum(cpu_seconds(w.pid) for w in workers)
         sandbox_cpu0 = sandbox_cpu(sandbox_process)
+        pg_cpu0 = postgres_cpu(bench_name)
         t_start = time.monotonic()
         app.control.add_consumer("grades", reply=True)
         drained = wait_drained(burst_ids, 400)
         elapsed = time.monotonic() - t_start
         cpu1 = sum(cpu_seconds(w.pid) for w in workers)
         sandbox_cpu1 = sandbox_cpu(sandbox_process)
+        pg_cpu1 = postgres_cpu(bench_name)
         if spy is not None:
             spy.wait(timeout=60)
         from django.db.models import Count
@@ -665,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({'drained' if drained else 'NOT drained'}); busy ≥ 60 s: {'yes' if elapsed >= 60 else 'no'}")
         log(f"phase 2 CPU: workers {cpu1 - cpu0:.1f} s = {(cpu1 - cpu0) / max(sent_burst, 1) * 1000:.2f} ms/delivery; "
             f"sandbox LMS {sandbox_cpu1 - sandbox_cpu0:.1f} s = "
-            f"{(sandbox_cpu1 - sandbox_cpu0) / max(sent_burst, 1) * 1000:.2f} ms/request")
+            f"{(sandbox_cpu1 - sandbox_cpu0) / max(sent_burst, 1) * 1000:.2f} ms/request; PostgreSQL backends "
+            f"{pg_cpu1 - pg_cpu0:.1f} s = {(pg_cpu1 - pg_cpu0) / max(sent_burst, 1) * 1000:.2f} ms/delivery")
         lost2 = len(burst_ids) - sent_burst
         statuses = dict(Delivery.objects.values_list("status").annotate(n=Count("id")))
         tokens = token_requests(regs)
@@ -693,6 +697,19 @@ def sandbox_cpu(process: subprocess.Popen) -> float:
             continue
         if int(fields[1]) == process.pid:  # ppid
             total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def postgres_cpu(database: str) -> float:
+    """CPU of the PostgreSQL backends connected to the bench database now (workers keep theirs)."""
+    total = 0.0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f" {database} ".encode() not in cmdline.read_bytes() + b" ":
+                continue
+            total += cpu_seconds(int(cmdline.parent.name))
+        except (OSError, ValueError):
+            continue
     return total
 
 
