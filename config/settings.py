@@ -173,4 +173,9 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-grade-deliveries": {"task": "gradesync.sweep_deliveries", "schedule": GRADE_SWEEP_INTERVAL_SECONDS},
     # Resync jobs whose planner died: restarted after 15 minutes without progress, failed 45 later.
     "sweep-resync-jobs": {"task": "gradesync.sweep_resync_jobs", "schedule": 300.0},
+    # Sync health's chart reads closed hours from this rollup (hours whose open rows changed are
+    # recounted here, and read from the outbox until then); a full recount now and then also
+    # catches delivered rows deleted since they were counted.
+    "roll-up-delivery-hours": {"task": "gradesync.roll_up_delivery_hours", "schedule": 300.0},
+    "roll-up-delivery-hours-full": {"task": "gradesync.roll_up_delivery_hours", "schedule": 6 * 3600.0, "kwargs": {"full": True}},
 }

@@ -5,7 +5,10 @@ one query that reads the outbox's last week on an index (migration 0005), never 
 
 - counts: one grouped query per page over the 7-day window (`delivery_window_idx`: updated_at,
   status, institution; an index-only scan), the 24 hours as a FILTER of it, per institution too;
-- the chart: hours × states grouped in SQL (date_trunc) on the same index, over the chart's hours;
+- the chart: hours × states, from the hourly rollup (`DeliveryHour`, counted by beat) for every
+  hour whose open rows still number what was counted (checked on `delivery_open_updated_idx`),
+  and grouped in SQL (date_trunc) on the window index for the rest: the current hour, hours not
+  rolled up yet, hours whose open rows moved on since;
 - latency: recorded_at → sent_at of live grades (resyncs are batches and would hide the live
   figure), on `delivery_latency_idx` (sent live rows only). PostgreSQL's percentile_cont over each
   window, on a float (EXTRACT(EPOCH …) is numeric since PostgreSQL 14 and sorts several times
@@ -28,7 +31,7 @@ from django.utils import timezone
 
 from institutions.models import Institution
 
-from .models import OPEN_STATUSES, Delivery, DeliveryStatus
+from .models import OPEN_STATUSES, Delivery, DeliveryHour, DeliveryStatus
 
 # The states support reads; "pending" includes rows a worker is sending right now.
 STATES: dict[str, list[str]] = {
@@ -247,28 +250,180 @@ def _refusals(institution_id: int | None, since: datetime.datetime) -> list[Refu
     return refusals
 
 
-def _chart(institution_id: int | None, now: datetime.datetime, hours: int) -> list[Bucket]:
-    end = now.replace(minute=0, second=0, microsecond=0) + datetime.timedelta(hours=1)
-    start = end - datetime.timedelta(hours=hours)
+HOUR = datetime.timedelta(hours=1)
+CHART_MAX_HOURS = 168  # the widest chart the page offers (?hours=168)
+ROLLUP_GRACE = datetime.timedelta(minutes=5)  # an hour is rolled up once it ended this long ago
+ROLLUP_RECOUNT_HOURS = 2  # every roll-up recounts the latest closed hours, whatever they look like
+ROLLUP_KEEP = datetime.timedelta(days=31)
+_ROLLUP_LOCK = 0x67736868  # pg_advisory_xact_lock key: one roll-up writes at a time
+_COLUMN_OF = {
+    DeliveryStatus.SENT: "sent", DeliveryStatus.REFUSED: "refused", DeliveryStatus.DEAD: "dead",
+    **{status: "open" for status in OPEN_STATUSES},
+}
+
+
+def _hour_of(moment: datetime.datetime) -> datetime.datetime:
+    return moment.astimezone(datetime.timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _spans(hours: list[datetime.datetime]) -> list[tuple[datetime.datetime, datetime.datetime]]:
+    """Whole hours as contiguous [start, end) ranges."""
+    spans: list[tuple[datetime.datetime, datetime.datetime]] = []
+    for hour in sorted(hours):
+        if spans and spans[-1][1] == hour:
+            spans[-1] = (spans[-1][0], hour + HOUR)
+        else:
+            spans.append((hour, hour + HOUR))
+    return spans
+
+
+def _outbox_by_hour(institution_id: int | None, hours: list[datetime.datetime]) -> dict[tuple[datetime.datetime, int], Counter]:
+    """(hour, institution id) → Counter(status → rows updated in that hour), grouped in SQL on the window index."""
+    within = Q()
+    for start, end in _spans(hours):
+        within |= Q(updated_at__gte=start, updated_at__lt=end)
     grouped = (
         _scoped(institution_id)
-        .filter(updated_at__gte=start)
+        .filter(within)
         .annotate(hour=TruncHour("updated_at", tzinfo=datetime.timezone.utc))
-        .values_list("hour", "status")
+        .values_list("hour", "institution_id", "status")
         .annotate(n=Count("*"))
         .order_by()
     )
-    cells: dict[datetime.datetime, Counter] = {}
-    for hour, status, n in grouped:
-        cells.setdefault(hour.astimezone(datetime.timezone.utc), Counter())[status] += n
-    buckets = []
-    for index in range(hours):
-        moment = start + datetime.timedelta(hours=index)
-        cell = cells.get(moment, Counter())
-        sent = cell[DeliveryStatus.SENT]
-        failed = sum(cell[s] for s in FAILED)
-        buckets.append(Bucket(moment, sent, failed, sum(cell.values()) - sent - failed))
-    return buckets
+    cells: dict[tuple[datetime.datetime, int], Counter] = {}
+    for hour, row_institution, status, n in grouped:
+        cells.setdefault((_hour_of(hour), row_institution), Counter())[status] += n
+    return cells
+
+
+def _open_by_hour(institution_id: int | None, start: datetime.datetime, end: datetime.datetime) -> dict[tuple[datetime.datetime, int], int]:
+    """(hour, institution id) → open rows updated in that hour now, on `delivery_open_updated_idx`."""
+    grouped = (
+        _scoped(institution_id)
+        .filter(status__in=OPEN_STATUSES, updated_at__gte=start, updated_at__lt=end)
+        .annotate(hour=TruncHour("updated_at", tzinfo=datetime.timezone.utc))
+        .values_list("hour", "institution_id")
+        .annotate(n=Count("*"))
+        .order_by()
+    )
+    return {(_hour_of(hour), row_institution): n for hour, row_institution, n in grouped}
+
+
+def _summed(counts: dict[tuple[datetime.datetime, int], int]) -> dict[datetime.datetime, int]:
+    total: Counter[datetime.datetime] = Counter()
+    for (hour, _institution), n in counts.items():
+        total[hour] += n
+    return total
+
+
+def _rolled_up(institution_id: int | None, start: datetime.datetime, end: datetime.datetime,
+               open_now: dict[datetime.datetime, int]) -> dict[datetime.datetime, tuple[int, int, int]]:
+    """hour → (sent, failed, open) from the rollup, for the hours whose counts still hold.
+
+    An hour's rows keep their hour and only its open rows still change (see DeliveryHour): its
+    counts hold while it has as many open rows as were counted. Hours counted before they ended
+    are not trusted; an institution without a row in a counted hour had none.
+    """
+    rows = DeliveryHour.objects.filter(hour__gte=start, hour__lt=end)
+    if institution_id is None:
+        rows = rows.filter(institution__isnull=True)
+    else:
+        rows = rows.filter(Q(institution__isnull=True) | Q(institution_id=institution_id))
+    counted: set[datetime.datetime] = set()
+    own: dict[datetime.datetime, DeliveryHour] = {}
+    for row in rows:
+        hour = _hour_of(row.hour)
+        if row.computed_at < hour + HOUR:
+            continue
+        if row.institution_id is None:
+            counted.add(hour)
+        if row.institution_id == institution_id:
+            own[hour] = row
+    held = {}
+    for hour in counted:
+        row = own.get(hour) or DeliveryHour(hour=hour)
+        if row.open == open_now.get(hour, 0):
+            held[hour] = (row.sent, row.refused + row.dead, row.open)
+    return held
+
+
+def _chart(institution_id: int | None, now: datetime.datetime, hours: int) -> list[Bucket]:
+    """Rows by the hour of their `updated_at` (UTC), as they stand now: sent, failed (refused or
+    dead), other (open). Each bar's link lists exactly its rows (changelist_filters on updated_at)."""
+    end = _hour_of(now) + HOUR
+    start = end - hours * HOUR
+    moments = [start + index * HOUR for index in range(hours)]
+    open_now = _summed(_open_by_hour(institution_id, start, end))
+    cells = _rolled_up(institution_id, start, end, open_now)
+    missing = [moment for moment in moments if moment not in cells]
+    if missing:
+        by_status: dict[datetime.datetime, Counter] = {}
+        for (hour, _institution), counter in _outbox_by_hour(institution_id, missing).items():
+            by_status.setdefault(hour, Counter()).update(counter)
+        for hour in missing:
+            counter = by_status.get(hour, Counter())
+            sent, failed = counter[DeliveryStatus.SENT], sum(counter[s] for s in FAILED)
+            cells[hour] = (sent, failed, sum(counter.values()) - sent - failed)
+    return [Bucket(moment, *cells[moment]) for moment in moments]
+
+
+@dataclass(frozen=True)
+class RollUp:
+    hours: int  # hours counted (again)
+    rows: int  # DeliveryHour rows written
+    pruned: int
+
+
+def roll_up_delivery_hours(*, now: datetime.datetime | None = None, full: bool = False) -> RollUp:
+    """Count the chart's closed hours into DeliveryHour, so that the chart need not group the outbox.
+
+    Counts the hours of the widest chart that ended at least ROLLUP_GRACE ago (transactions that
+    stamped a row before the hour ended have committed by then) and that were never counted,
+    are among the latest ROLLUP_RECOUNT_HOURS, or whose open rows changed since they were
+    counted; with `full`, every one of them (beat does that now and then: a delivered row
+    deleted later changes no open count). Idempotent: the hours counted are deleted and written
+    again in one transaction, one roll-up at a time. Rows older than ROLLUP_KEEP go.
+    """
+    now = now or timezone.now()
+    first = _hour_of(now) - (CHART_MAX_HOURS - 1) * HOUR
+    closed_end = _hour_of(now - ROLLUP_GRACE)
+    closed = [first + index * HOUR for index in range(int((closed_end - first) / HOUR))]
+    if full:
+        due = set(closed)
+    else:
+        stored: dict[tuple[datetime.datetime, int | None], int] = {
+            (_hour_of(hour), institution_id): open_rows
+            for hour, institution_id, open_rows in DeliveryHour.objects.filter(hour__gte=first, hour__lt=closed_end)
+            .values_list("hour", "institution_id", "open")
+        }
+        open_now = _open_by_hour(None, first, closed_end)
+        for (hour, _institution), n in list(open_now.items()):
+            open_now[(hour, None)] = open_now.get((hour, None), 0) + n
+        due = {hour for hour in closed if (hour, None) not in stored or hour >= closed_end - ROLLUP_RECOUNT_HOURS * HOUR}
+        due |= {hour for (hour, institution_id), n in stored.items() if open_now.get((hour, institution_id), 0) != n}
+        due &= set(closed)
+    rows = 0
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
+        if due:
+            counted_at = timezone.now()  # before the count: a row changed during it makes its hour look changed
+            per_hour: dict[tuple[datetime.datetime, int | None], Counter] = {(hour, None): Counter() for hour in due}
+            for (hour, institution_id), counter in _outbox_by_hour(None, sorted(due)).items():
+                per_hour.setdefault((hour, institution_id), Counter()).update(counter)
+                per_hour[(hour, None)].update(counter)
+            DeliveryHour.objects.filter(hour__in=sorted(due)).delete()
+            written = []
+            for (hour, institution_id), counter in per_hour.items():
+                columns: Counter[str] = Counter()
+                for status, n in counter.items():
+                    columns[_COLUMN_OF[status]] += n
+                written.append(DeliveryHour(hour=hour, institution_id=institution_id, computed_at=counted_at, **columns))
+            DeliveryHour.objects.bulk_create(written, batch_size=1000)
+            rows = len(written)
+        pruned, _ = DeliveryHour.objects.filter(hour__lt=_hour_of(now - ROLLUP_KEEP)).delete()
+    return RollUp(hours=len(due), rows=rows, pruned=pruned)
 
 
 def _per_institution(table: dict[tuple[int, str], dict[str, int]], window: str, since: datetime.datetime) -> list[InstitutionRow]:

@@ -166,6 +166,12 @@ class Delivery(models.Model):
             ),
             # and the top refusal reasons.
             models.Index(fields=["updated_at", "institution"], condition=Q(status="refused"), name="delivery_refused_idx"),
+            # The chart's open rows by hour: the rollup (DeliveryHour) is trusted for an hour only while
+            # these still number what it counted (a handful of rows, where the window index is the week).
+            models.Index(
+                fields=["updated_at"], include=["institution"], condition=Q(status__in=OPEN_STATUSES),
+                name="delivery_open_updated_idx",
+            ),
             # The changelist's other filters, so that a value matching few rows (or none) is not a
             # scan of the table: partial, so that the outbox's updates rarely pay for them.
             models.Index(fields=["-id"], condition=Q(is_resync=True), name="delivery_resync_rows_idx"),
@@ -307,3 +313,40 @@ class ResyncJob(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_JOB_STATUSES
+
+
+class DeliveryHour(models.Model):
+    """Sync health's hourly chart, rolled up: the outbox's rows whose `updated_at` falls in one hour,
+    by status when counted — per institution, and once more for all institutions (no institution).
+
+    The chart plots exactly what a grouped count of the outbox would (`gradesync.health`): rows by
+    the hour of their last `updated_at`, split sent / failed (refused, dead) / open. The delivery
+    path changes a row's status without touching `updated_at` (QuerySet.update), so an hour's rows
+    stay in it and only its open rows still change; a re-planned or withdrawn open row leaves it.
+    Hence an hour's counts stay right while its open rows number what was counted, which the chart
+    checks against the outbox on `delivery_open_updated_idx` before trusting them. Written only by
+    `health.roll_up_delivery_hours` (beat), which deletes and rewrites the hours it recounts.
+    """
+
+    hour = models.DateTimeField(help_text=_("The hour's start (UTC)."))
+    institution = models.ForeignKey(
+        "institutions.Institution", null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+        help_text=_("Empty: every institution's rows (the hour is counted even when it had none)."),
+    )
+    sent = models.PositiveIntegerField(default=0)
+    refused = models.PositiveIntegerField(default=0)
+    dead = models.PositiveIntegerField(default=0)
+    open = models.PositiveIntegerField(default=0, help_text=_("Pending, sending or retrying when counted."))
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "institution"], condition=Q(institution__isnull=False), name="deliveryhour_one_per_institution",
+            ),
+            models.UniqueConstraint(fields=["hour"], condition=Q(institution__isnull=True), name="deliveryhour_one_total"),
+        ]
+        # The chart reads a range of hours for one institution, or the totals: the constraints' indexes.
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.institution_id or 'all'}: {self.sent} sent"

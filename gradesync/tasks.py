@@ -1,9 +1,11 @@
 """Celery tasks: thin, named, idempotent; they take ids and call services."""
 from __future__ import annotations
 
+import dataclasses
+
 from celery import shared_task
 
-from . import resync, services
+from . import health, resync, services
 
 
 @shared_task(name="gradesync.deliver_grade", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
@@ -34,3 +36,9 @@ def queue_resync_deliveries(job_id: int, delivery_ids: list[int]) -> int:
 def sweep_resync_jobs() -> dict[str, int]:
     """Restart resync planners that stalled, fail those that stay dead, finish settled jobs (beat)."""
     return resync.sweep_resync_jobs()
+
+
+@shared_task(name="gradesync.roll_up_delivery_hours", ignore_result=True)
+def roll_up_delivery_hours(full: bool = False) -> dict[str, int]:
+    """Count sync health's closed chart hours into DeliveryHour (beat; recounting is harmless)."""
+    return dataclasses.asdict(health.roll_up_delivery_hours(full=full))

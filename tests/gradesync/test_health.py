@@ -181,6 +181,7 @@ HEALTH_INDEXES = {
     "percentile_cont": "delivery_latency_idx",
     "MIN(": "delivery_open_recorded_idx",
     "STRPOS": "delivery_refused_idx",
+    '"status" IN (': "delivery_open_updated_idx",  # the chart's open rows by hour
     "DATE_TRUNC": "delivery_window_idx",
     "FILTER": "delivery_window_idx",
 }
@@ -195,8 +196,8 @@ def test_every_health_query_can_be_served_by_its_index(outbox):
     with CaptureQueriesContext(connection) as captured:
         health.sync_health(now=NOW)
         health.sync_health(institution=outbox[0], now=NOW)
-    queries = [q["sql"] for q in captured if "gradesync_delivery" in q["sql"] and q["sql"].startswith("SELECT")]
-    assert len(queries) == 2 * 6  # counts, latency ×2, oldest, refusals, chart
+    queries = [q["sql"] for q in captured if re.search(r"gradesync_delivery\b", q["sql"]) and q["sql"].startswith("SELECT")]
+    assert len(queries) == 2 * 7  # counts, latency ×2, oldest, refusals, the chart's open rows, hours not rolled up
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'gradesync_delivery' AND indexname <> 'gradesync_delivery_pkey'")
         indexes = [row[0] for row in cursor.fetchall()]
@@ -211,3 +212,144 @@ def test_every_health_query_can_be_served_by_its_index(outbox):
             plan = "\n".join(row[0] for row in cursor.fetchall())
             transaction.savepoint_rollback(savepoint)
             assert expected in plan and "Seq Scan" not in plan, (sql, plan)
+
+
+# --- The chart's hourly rollup (DeliveryHour) ------------------------------------------------
+
+
+def chart_from_the_outbox(now, hours, institution=None):
+    """The chart as a plain reading of the outbox: every row by the hour of its updated_at, as it stands."""
+    end = now.astimezone(datetime.timezone.utc).replace(minute=0, second=0, microsecond=0) + datetime.timedelta(hours=1)
+    start = end - datetime.timedelta(hours=hours)
+    cells = {start + datetime.timedelta(hours=i): [0, 0, 0] for i in range(hours)}
+    rows = Delivery.objects.all() if institution is None else Delivery.objects.filter(institution=institution)
+    for updated_at, status in rows.values_list("updated_at", "status"):
+        if start <= updated_at < end:
+            kind = 0 if status == DeliveryStatus.SENT else 1 if status in health.FAILED else 2
+            cells[updated_at.astimezone(datetime.timezone.utc).replace(minute=0, second=0, microsecond=0)][kind] += 1
+    return [(moment, *counts) for moment, counts in cells.items()]
+
+
+def plotted(report):
+    return [(bucket.start, bucket.sent, bucket.failed, bucket.other) for bucket in report.chart]
+
+
+def assert_chart_is_the_outbox(north, south):
+    for institution in (None, north, south):
+        for hours in (24, 168):
+            report = health.sync_health(institution=institution, now=NOW, chart_hours=hours)
+            assert plotted(report) == chart_from_the_outbox(NOW, hours, institution), (institution, hours)
+
+
+def closed_hour(hours_ago):
+    return (NOW - datetime.timedelta(hours=hours_ago)).replace(minute=0, second=0, microsecond=0)
+
+
+def test_the_rolled_up_chart_is_the_outbox(outbox):
+    north, south = outbox
+    assert_chart_is_the_outbox(north, south)  # nothing rolled up yet: all from the outbox
+    outcome = health.roll_up_delivery_hours(now=NOW)
+    closed = 167 if NOW - health.ROLLUP_GRACE >= closed_hour(0) else 166  # the last hour, once it ended 5 min ago
+    assert outcome.hours == closed
+    five = health.DeliveryHour.objects.get(hour=closed_hour(5), institution=None)
+    assert (five.sent, five.refused, five.dead, five.open) == (0, 0, 1, 0)
+    assert health.DeliveryHour.objects.get(hour=closed_hour(3), institution=north).open == 1
+    assert_chart_is_the_outbox(north, south)
+
+
+def test_the_chart_reads_counted_hours_from_the_rollup(outbox):
+    health.roll_up_delivery_hours(now=NOW)
+    health.DeliveryHour.objects.filter(hour=closed_hour(5), institution=None).update(sent=40)
+    bucket = next(b for b in health.sync_health(now=NOW).chart if b.start == closed_hour(5))
+    assert (bucket.sent, bucket.failed) == (40, 1)
+
+
+def test_rows_that_move_on_after_the_roll_up_are_plotted_as_they_stand(outbox):
+    """Between two roll-ups: retrying → dead and → sent in a counted hour, a row re-planned (updated
+    now), a queued row withdrawn, a row committed late into a counted hour. The counts of the hours
+    whose open rows changed no longer hold; the chart reads those from the outbox."""
+    north, south = outbox
+    n_course = Delivery.objects.filter(institution=north).first().course
+    s_course = Delivery.objects.filter(institution=south).first().course
+    retrying = delivery(n_course, DeliveryStatus.RETRYING, hours_ago=8)
+    replanned = delivery(n_course, DeliveryStatus.PENDING, hours_ago=30)
+    withdrawn = delivery(s_course, DeliveryStatus.PENDING, hours_ago=40)
+    health.roll_up_delivery_hours(now=NOW)
+
+    # As the delivery path writes them: status only (QuerySet.update leaves updated_at alone).
+    Delivery.objects.filter(status=DeliveryStatus.RETRYING, institution=north).exclude(pk=retrying.pk).update(status=DeliveryStatus.DEAD)
+    Delivery.objects.filter(pk=retrying.pk).update(status=DeliveryStatus.SENT)
+    Delivery.objects.filter(pk=replanned.pk).update(status=DeliveryStatus.PENDING, updated_at=NOW)  # a resync re-planned it
+    Delivery.objects.filter(pk=withdrawn.pk).delete()  # a cancelled resync withdrew it
+    delivery(s_course, DeliveryStatus.PENDING, hours_ago=60)  # committed after the hour was counted
+    assert_chart_is_the_outbox(north, south)
+
+    latest = health._hour_of(NOW - health.ROLLUP_GRACE)
+    recent = {latest - datetime.timedelta(hours=n) for n in range(1, health.ROLLUP_RECOUNT_HOURS + 1)}
+    changed = {closed_hour(n) for n in (3, 8, 30, 40, 60)}
+    assert health.roll_up_delivery_hours(now=NOW).hours == len(recent | changed)
+    assert health.DeliveryHour.objects.get(hour=closed_hour(8), institution=north).sent == 1
+    assert_chart_is_the_outbox(north, south)
+
+
+def test_hours_counted_before_they_ended_are_not_trusted(outbox):
+    """A roll-up whose clock ran ahead counted the current hour: it is read from the outbox all the same."""
+    north, south = outbox
+    health.roll_up_delivery_hours(now=NOW + datetime.timedelta(hours=3))
+    assert health.DeliveryHour.objects.filter(hour=closed_hour(0)).exists()
+    delivery(Delivery.objects.filter(institution=north).first().course, DeliveryStatus.SENT, hours_ago=0)
+    assert_chart_is_the_outbox(north, south)
+
+
+def test_hours_missing_from_the_rollup_come_from_the_outbox(outbox):
+    north, south = outbox
+    health.roll_up_delivery_hours(now=NOW)
+    health.DeliveryHour.objects.filter(hour__in=[closed_hour(5), closed_hour(30), closed_hour(50)]).delete()
+    assert_chart_is_the_outbox(north, south)
+    assert health.roll_up_delivery_hours(now=NOW).hours == health.ROLLUP_RECOUNT_HOURS + 3
+
+
+def test_a_full_recount_catches_delivered_rows_deleted_since(outbox):
+    """A sent row deleted (say, with its learner) changes no open count: the periodic full roll-up recounts."""
+    north, south = outbox
+    health.roll_up_delivery_hours(now=NOW)
+    Delivery.objects.filter(status=DeliveryStatus.SENT, updated_at__lt=NOW - datetime.timedelta(hours=40)).delete()
+    health.roll_up_delivery_hours(now=NOW, full=True)
+    assert_chart_is_the_outbox(north, south)
+
+
+def test_rolling_up_again_rewrites_the_same_rows(outbox):
+    north, _ = outbox
+    health.roll_up_delivery_hours(now=NOW)
+    first = list(health.DeliveryHour.objects.order_by("hour", "institution_id").values_list("hour", "institution_id", "sent", "refused", "dead", "open"))
+    health.roll_up_delivery_hours(now=NOW, full=True)
+    health.roll_up_delivery_hours(now=NOW)
+    again = list(health.DeliveryHour.objects.order_by("hour", "institution_id").values_list("hour", "institution_id", "sent", "refused", "dead", "open"))
+    assert again == first
+    assert health.DeliveryHour.objects.filter(institution=None).count() == len({row[0] for row in first})
+    # Old hours go; the current hour is never counted (it is read from the outbox).
+    health.DeliveryHour.objects.create(hour=closed_hour(24 * 40), computed_at=NOW)
+    assert health.roll_up_delivery_hours(now=NOW).pruned == 1
+    assert not health.DeliveryHour.objects.filter(hour=closed_hour(0)).exists()
+
+
+def test_the_bars_of_a_rolled_up_chart_link_to_their_rows(outbox, client_for):
+    north, _ = outbox
+    health.roll_up_delivery_hours()
+    client = client_for(READ_ONLY)
+    page = client.get(reverse("gradesync_health"), {"institution": north.pk, "hours": 168})
+    assert health.DeliveryHour.objects.exists()
+    for bar, url, failed_url in page.context["bar_links"]:
+        if bar.bucket.total:
+            assert len(listed_ids(client, url)) == bar.bucket.total
+        if bar.bucket.failed:
+            assert len(listed_ids(client, failed_url)) == bar.bucket.failed
+
+
+def test_beat_rolls_up_the_hours(outbox, settings):
+    from gradesync.tasks import roll_up_delivery_hours
+
+    scheduled = [entry for entry in settings.CELERY_BEAT_SCHEDULE.values() if entry["task"] == roll_up_delivery_hours.name]
+    assert {entry.get("kwargs", {}).get("full", False) for entry in scheduled} == {False, True}
+    assert roll_up_delivery_hours.run()["hours"] >= 166  # the week's closed hours
+    assert roll_up_delivery_hours.run(full=True)["rows"] > 0
