@@ -49,7 +49,7 @@ from django.utils import timezone
 from lti_tool.models import LtiLineItem, LtiResourceLink, LtiUser
 
 from institutions.audit import record_staff_change
-from institutions.models import Course, GradePolicy, Institution, LmsFamily, RegistrationProfile
+from institutions.models import Course, GradePolicy, Institution, LmsFamily
 
 from . import services
 from .models import (
@@ -636,36 +636,18 @@ def _enqueue_deliveries(job_id: int, ids: list[int]) -> None:
         queue_resync_deliveries.apply_async(args=[job_id, ids], queue="resync")
 
 
-_DEFAULT_IN_FLIGHT = RegistrationProfile._meta.get_field("max_requests_in_flight").default  # as services._lms reads it
-
-
 def fan_out(job_id: int, ids: list[int]) -> int:
     """Start senders for a planned batch, unless the job was cancelled meanwhile; returns the tasks queued.
 
-    A sender sends every due row of its LMS, not only the row its task names (services.deliver),
-    and a task that finds every slot of its LMS taken relies on the slots' senders looking again.
-    So each LMS (registration) of the batch gets as many tasks as it allows requests in flight,
-    each naming one of its rows, not a task per row: 5,000 tasks per batch cost the workers a
-    query and a broker round trip each for nothing, and, queued in key order, kept an
-    institution's other LMSes idle behind the first one's rows (bench_resync --deliver).
+    Each LMS of the batch gets as many tasks as it allows requests in flight (services.wake_senders),
+    not a task per row: 5,000 tasks per batch cost the workers a round trip each for nothing, and,
+    queued in key order, kept an institution's other LMSes idle behind the first one's rows
+    (bench_resync --deliver).
     """
     if ResyncJob.objects.filter(pk=job_id, status=ResyncJobStatus.CANCELLED).exists():
         return 0
-    from .tasks import deliver_grade
-
-    rows: dict[int, list[int]] = defaultdict(list)
-    for delivery_id, registration_id in Delivery.objects.filter(pk__in=ids).order_by("pk").values_list("pk", "registration_id"):
-        rows[registration_id].append(delivery_id)
-    limits = dict(
-        RegistrationProfile.objects.filter(registration_id__in=rows).values_list("registration_id", "max_requests_in_flight")
-    )
-    queued = 0
-    with deliver_grade.app.producer_or_acquire() as producer:
-        for registration_id, delivery_ids in rows.items():
-            for delivery_id in delivery_ids[: limits.get(registration_id, _DEFAULT_IN_FLIGHT)]:
-                deliver_grade.apply_async(args=[delivery_id, registration_id], queue="resync", producer=producer)
-                queued += 1
-    return queued
+    rows = Delivery.objects.filter(pk__in=ids).order_by("pk").values_list("pk", "registration_id", "is_resync")
+    return services.wake_senders(list(rows))
 
 
 class _Target(NamedTuple):

@@ -755,15 +755,33 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
     for delivery_id, is_resync, registration_id in reclaimed:
         enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
     lost_before = now - datetime.timedelta(seconds=settings.GRADE_DELIVERY_REQUEUE_AFTER_SECONDS)
-    due = list(
+    due = (
         Delivery.objects.filter(
             Q(status=DeliveryStatus.RETRYING, next_attempt_at__lte=now)
             | Q(status=DeliveryStatus.PENDING, next_attempt_at__lte=lost_before)
         )
         .order_by("next_attempt_at")
-        .values_list("pk", "is_resync", "registration_id")[:batch]
+        .values_list("pk", "registration_id", "is_resync")[:batch]
     )
-    for delivery_id, is_resync, registration_id in due:
-        enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
-    counts["requeued"] = len(due)
+    counts["requeued"] = wake_senders(list(due))
     return counts
+
+
+def wake_senders(rows: list[tuple[int, int, bool]]) -> int:
+    """Queue senders for due rows (id, registration id, is resync); returns the tasks queued.
+
+    A sender sends every due row of its LMS, not only the row its task names, so each LMS gets
+    as many tasks as it allows requests in flight, each naming one of its rows — not a task per
+    row: thousands of tasks that find every slot taken cost the workers a round trip each for
+    nothing, and queued in order they keep other LMSes waiting behind one LMS's rows.
+    """
+    per_lms: dict[int, list[tuple[int, bool]]] = {}
+    for delivery_id, registration_id, is_resync in rows:
+        per_lms.setdefault(registration_id, []).append((delivery_id, is_resync))
+    queued = 0
+    for registration_id, lms_rows in per_lms.items():
+        lms = _lms(registration_id)
+        for delivery_id, is_resync in lms_rows[: lms.limit if lms else 1]:
+            enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
+            queued += 1
+    return queued

@@ -272,6 +272,30 @@ def test_an_outage_is_retried_and_the_sweeper_delivers_after_it(canvas):
     assert delivery.status == DeliveryStatus.SENT and canvas.gradebook(student) == pytest.approx(14)
 
 
+def test_the_sweeper_wakes_an_lms_s_senders_not_a_task_per_lost_grade(canvas, monkeypatch):
+    registration = canvas.connected.seeded.registration
+    sandbox.set_faults(registration=registration, error_rate=1.0)
+    sandbox.forget_caches()
+    students = canvas.connected.students
+    assert len(students) == 3
+    for student in students:
+        canvas.finish(canvas.launch(student), "0.7")
+    sandbox.set_faults(registration=registration)
+    sandbox.forget_caches()
+    profile = canvas.connected.deployment.registration.profile
+    profile.max_requests_in_flight = 2
+    profile.save()
+    services._lms_cache.clear()
+    Delivery.objects.update(status=DeliveryStatus.RETRYING, next_attempt_at=timezone.now() - datetime.timedelta(seconds=1))
+    queued = []
+    real_enqueue = services.enqueue_delivery
+    monkeypatch.setattr(services, "enqueue_delivery", lambda pk, **kw: (queued.append(pk), real_enqueue(pk, **kw)))
+    assert services.sweep()["requeued"] == 2 and len(queued) == 2
+    # Two tasks were enough: a sender sends every due grade of its LMS.
+    assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SENT}
+    assert [canvas.gradebook(s) for s in students] == [pytest.approx(14)] * 3
+
+
 def test_a_delivery_delivered_twice_is_sent_once(canvas):
     student = canvas.connected.students[0]
     canvas.finish(canvas.launch(student), "0.7")
