@@ -87,22 +87,26 @@ class Delivery(models.Model):
     """
 
     result = models.ForeignKey(Result, on_delete=models.CASCADE, related_name="deliveries")
-    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="deliveries")
-    institution = models.ForeignKey("institutions.Institution", on_delete=models.CASCADE, related_name="deliveries")
+    # The outbox row is updated twice per send and every index is written each time: no single-column
+    # index where a composite one below leads with the column (course, institution, line item, job).
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
+    institution = models.ForeignKey(
+        "institutions.Institution", on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
     registration = models.ForeignKey("lti_tool.LtiRegistration", on_delete=models.CASCADE, related_name="+")
     deployment = models.ForeignKey(LtiDeployment, on_delete=models.CASCADE, related_name="+")
     lti_user = models.ForeignKey(LtiUser, on_delete=models.CASCADE, related_name="deliveries")
     resource_link = models.ForeignKey(LtiResourceLink, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     line_item = models.ForeignKey(
         "lti_tool.LtiLineItem", null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries",
-        help_text=_("Empty until it is looked up on the LMS."),
+        db_index=False, help_text=_("Empty until it is looked up on the LMS."),
     )
     activity_key = models.CharField(max_length=100)
     score = models.DecimalField(max_digits=6, decimal_places=5, help_text=_("Fraction of the maximum, 0–1."))
     status = models.CharField(max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     resync_job = models.ForeignKey(
         "gradesync.ResyncJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries",
-        help_text=_("The resync job that planned (or last re-planned) this delivery."),
+        db_index=False, help_text=_("The resync job that planned (or last re-planned) this delivery."),
     )
     version = models.PositiveIntegerField(default=1, help_text=_("Bumped when a newer grade replaces this one."))
     is_resync = models.BooleanField(default=False)
