@@ -115,8 +115,8 @@ def record_result(
             raise
         return recorded  # reported before: idempotent
     if result.is_eligible:
-        _plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=resource_link,
-                       candidates=candidates)
+        plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=resource_link,
+                      candidates=candidates)
     return result
 
 
@@ -151,26 +151,8 @@ def _line_item_for(course: Course, activity_key: str, resource_link: LtiResource
     return _bound(candidates, resource_link) or (candidates or [None])[0]
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # record_result calls it in its transaction: no savepoint round trips
 def plan_delivery(
-    *,
-    course: Course,
-    lti_user: LtiUser,
-    activity_key: str,
-    resource_link: LtiResourceLink | None,
-    resync: bool = False,
-    policy: str | None = None,
-) -> Delivery | None:
-    """Write (or update) the open delivery of the policy's grade; queue it after commit.
-
-    Returns None when there is nothing to send: no eligible result, or the LMS already holds
-    exactly this grade from a live sync (a resync always sends).
-    """
-    return _plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=resource_link,
-                          resync=resync, policy=policy)
-
-
-def _plan_delivery(
     *,
     course: Course,
     lti_user: LtiUser,
@@ -180,7 +162,12 @@ def _plan_delivery(
     policy: str | None = None,
     candidates: list[LtiLineItem] | None = None,
 ) -> Delivery | None:
-    """plan_delivery, in the caller's transaction."""
+    """Write (or update) the open delivery of the policy's grade; queue it after commit.
+
+    Returns None when there is nothing to send: no eligible result, or the LMS already holds
+    exactly this grade from a live sync (a resync always sends). `candidates`: the course's line
+    items for this activity and link, when the caller has read them already.
+    """
     policy = policy or course.institution.grade_policy
     chosen = policy_result(course_id=course.pk, lti_user_id=lti_user.pk, activity_key=activity_key, policy=policy)
     if chosen is None:
@@ -238,8 +225,8 @@ def _plan_delivery(
             )
     except IntegrityError:
         # Another transaction opened the row first: update that one instead.
-        return _plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=link,
-                              resync=resync, policy=policy)
+        return plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=link,
+                             resync=resync, policy=policy)
     _enqueue_on_commit(delivery.pk, resync=resync, registration_id=delivery.registration_id)
     return delivery
 
