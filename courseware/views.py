@@ -320,7 +320,7 @@ def grade_sync_progress(request: HttpRequest, course_id: int) -> JsonResponse:
     _launch, course = _instructor_course(request, course_id)
     if course is None:
         return JsonResponse({"error": NOT_INSTRUCTOR}, status=403)
-    state = gradesync_api.course_resync_state(course=course)
+    state = gradesync_api.course_resync_state(course=course, polled=True)
     return JsonResponse(
         {
             "status": state.status, "status_label": state.status_label, "percent": state.percent,

@@ -315,7 +315,7 @@ class ResyncForm(forms.Form):
 
 
 def progress_json(job: ResyncJob) -> JsonResponse:
-    return JsonResponse(resync.refresh_progress(job).as_dict())
+    return JsonResponse(resync.polled_progress(job).as_dict())
 
 
 @admin.register(ResyncJob)

@@ -209,8 +209,11 @@ def course_sync_grid(*, course: Course, activities: list[tuple[str, str]] = ()) 
     return CourseSyncGrid(activities=list(columns.items()), rows=rows, resync=course_resync_state(course=course))
 
 
-def course_resync_state(*, course: Course) -> CourseResyncState:
-    """The course's latest whole-course resync with its progress, and when an instructor may ask again."""
+def course_resync_state(*, course: Course, polled: bool = False) -> CourseResyncState:
+    """The course's latest whole-course resync with its progress, and when an instructor may ask again.
+
+    `polled`: for a page's progress poll, recounted at most every few seconds (resync.polled_progress).
+    """
     job = ResyncJob.objects.filter(course=course, lti_user__isnull=True, activity_key="", delivery__isnull=True).order_by("-id").first()
     last_asked = (
         ResyncJob.objects.filter(course=course, requested_by_instructor__isnull=False).order_by("-created_at").values_list("created_at", flat=True).first()
@@ -220,7 +223,7 @@ def course_resync_state(*, course: Course) -> CourseResyncState:
         next_allowed = None
     if job is None:
         return CourseResyncState(None, "", "", 0, 0, 0, 0, 0, False, next_allowed)
-    progress = resync.refresh_progress(job)
+    progress = resync.polled_progress(job) if polled else resync.refresh_progress(job)
     return CourseResyncState(
         job.pk, progress.status, progress.status_label, progress.percent, progress.planned, progress.sent,
         progress.refused, progress.failed, progress.active, next_allowed,

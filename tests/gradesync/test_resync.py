@@ -209,6 +209,25 @@ def test_progress_counts_sent_and_refused_from_the_deliveries(live_server, two_i
     )
 
 
+def test_pages_polling_a_running_job_share_one_recount_every_few_seconds(classroom, support, django_assert_num_queries):
+    from django.core.cache import cache
+
+    job = _run(resync.ResyncScope(institution=classroom.connected.institution, course=classroom.course), support)
+    total = job.sent
+    last = Delivery.objects.filter(resync_job=job).latest("id")
+    Delivery.objects.filter(pk=last.pk).update(status=DeliveryStatus.PENDING)  # still being sent
+    ResyncJob.objects.filter(pk=job.pk).update(status=ResyncJobStatus.RUNNING, finished_at=None)
+    job.refresh_from_db()
+    assert resync.polled_progress(job).sent == total - 1
+    Delivery.objects.filter(pk=last.pk).update(status=DeliveryStatus.SENT)
+    job.refresh_from_db()
+    with django_assert_num_queries(0):  # another tab within the window: the stored counters
+        assert resync.polled_progress(job).sent == total - 1
+    cache.delete(f"resync-progress:{job.pk}")  # the window has passed
+    progress = resync.polled_progress(job)
+    assert (progress.sent, progress.status) == (total, "done")
+
+
 def test_a_second_identical_job_is_refused_while_one_is_active(classroom, support, monkeypatch):
     monkeypatch.setattr(resync, "_queue_job", lambda job_id, countdown=None: None)  # the worker has not started it
     scope = resync.ResyncScope(institution=classroom.connected.institution, course=classroom.course)
