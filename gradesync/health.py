@@ -396,9 +396,8 @@ def roll_up_delivery_hours(*, now: datetime.datetime | None = None, full: bool =
             for hour, institution_id, open_rows in DeliveryHour.objects.filter(hour__gte=first, hour__lt=closed_end)
             .values_list("hour", "institution_id", "open")
         }
-        open_now = _open_by_hour(None, first, closed_end)
-        for (hour, _institution), n in list(open_now.items()):
-            open_now[(hour, None)] = open_now.get((hour, None), 0) + n
+        open_now: dict[tuple[datetime.datetime, int | None], int] = dict(_open_by_hour(None, first, closed_end))
+        open_now.update({(hour, None): n for hour, n in _summed(open_now).items()})  # the all-institutions rows
         due = {hour for hour in closed if (hour, None) not in stored or hour >= closed_end - ROLLUP_RECOUNT_HOURS * HOUR}
         due |= {hour for (hour, institution_id), n in stored.items() if open_now.get((hour, institution_id), 0) != n}
         due &= set(closed)

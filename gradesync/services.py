@@ -258,17 +258,16 @@ def _claim(delivery_id: int, now: datetime.datetime) -> bool:
 
 
 def _due(registration_id: int, now: datetime.datetime):
+    """One LMS's due rows, live grades first, in the order of `delivery_registration_due_idx` (read on it)."""
     return Delivery.objects.filter(
         registration_id=registration_id,
         status__in=[DeliveryStatus.PENDING, DeliveryStatus.RETRYING],
         next_attempt_at__lte=now,
-    )
+    ).order_by("is_resync", "next_attempt_at")
 
 
 def _first_due(registration_id: int) -> int | None:
-    # Ordered as the partial index `delivery_registration_due_idx` is (not by id): a read of one entry.
-    ids = _due(registration_id, timezone.now()).order_by("is_resync", "next_attempt_at").values_list("pk", flat=True)[:1]
-    return next(iter(ids), None)
+    return next(iter(_due(registration_id, timezone.now()).values_list("pk", flat=True)[:1]), None)
 
 
 def _claim_batch(registration_id: int, size: int) -> list[int]:
@@ -277,7 +276,6 @@ def _claim_batch(registration_id: int, size: int) -> list[int]:
     with transaction.atomic():
         ids = list(
             _due(registration_id, now)
-            .order_by("is_resync", "next_attempt_at")
             .select_for_update(skip_locked=True)
             .values_list("pk", flat=True)[:size]
         )
@@ -735,12 +733,11 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
         next_attempt_at=None,
         last_message="Gave up: sending this grade kept stopping the worker without an answer.",
     )
-    reclaimed = list(stale.values_list("pk", "is_resync", "registration_id"))
+    reclaimed = list(stale.values_list("pk", "registration_id", "is_resync"))
     counts["reclaimed"] = stale.filter(pk__in=[pk for pk, _, _ in reclaimed]).update(
         status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None, answer_lost=True
     )
-    for delivery_id, is_resync, registration_id in reclaimed:
-        enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
+    wake_senders(reclaimed)
     lost_before = now - datetime.timedelta(seconds=settings.GRADE_DELIVERY_REQUEUE_AFTER_SECONDS)
     due = (
         Delivery.objects.filter(
