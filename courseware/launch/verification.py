@@ -20,7 +20,9 @@ from pylti1p3.exception import LtiException
 from pylti1p3.contrib.django import DjangoCacheDataStorage, DjangoMessageLaunch
 from pylti1p3.session import SessionService
 
+from .claims import check_claim_shapes
 from .platform_keys import PlatformKeyError, platform_key
+from .refusals import LaunchRefused
 
 IAT_LEEWAY_SECONDS = 5
 MAX_TOKEN_AGE_SECONDS = 3600
@@ -29,17 +31,6 @@ DL = "https://purl.imsglobal.org/spec/lti-dl/claim/"
 RESOURCE_LINK_REQUEST = "LtiResourceLinkRequest"
 DEEP_LINKING_REQUEST = "LtiDeepLinkingRequest"
 MESSAGE_TYPES = {RESOURCE_LINK_REQUEST, DEEP_LINKING_REQUEST}
-
-
-class LaunchRefused(Exception):
-    """A launch we do not accept. `return_url` is set only once the token's signature is verified."""
-
-    def __init__(self, reason: str, *, status: int = 400, return_url: str = "", pending: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.return_url = return_url
-        self.pending = pending
 
 
 @dataclass
@@ -177,6 +168,7 @@ def verify_launch(request: HttpRequest) -> VerifiedLaunch:
     if len(audiences) > 1 and claims.get("azp") != registration.client_id:
         raise LaunchRefused("The launch token names several audiences and its azp is not our client id.", status=401)
     _check_message(claims)
+    check_claim_shapes(claims)
     message_launch = _message_launch(request)
     _consume_nonce(message_launch, claims["nonce"], int(claims["exp"]))
     deployment = _deployment_for(registration, claims)
