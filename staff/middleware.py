@@ -1,0 +1,47 @@
+"""Staff sessions end after ADMIN_IDLE_TIMEOUT_MINUTES without a request.
+
+Keyed on the signed-in staff user, not on the session: LTI learners' launch sessions share the
+session engine but carry no Django login, so they are never cut here.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+
+LAST_SEEN_SESSION_KEY = "staff_last_seen"
+# The last-seen time is written at most this often, so a busy admin page is not a session write per request.
+WRITE_EVERY_SECONDS = 60
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class StaffIdleTimeoutMiddleware:
+    """After AuthenticationMiddleware and MessageMiddleware."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = request.user
+        if user.is_authenticated and user.is_staff:
+            now = _now()
+            last_seen = request.session.get(LAST_SEEN_SESSION_KEY)
+            minutes = settings.ADMIN_IDLE_TIMEOUT_MINUTES
+            if last_seen is not None and now - last_seen > minutes * 60:
+                logout(request)
+                admin_login = reverse("admin:login")
+                if request.path.startswith(reverse("admin:index")) and request.path != admin_login:
+                    messages.warning(request, f"You were signed out after {minutes} minutes without activity. Sign in again.")
+                    return redirect_to_login(request.get_full_path(), admin_login)
+            elif last_seen is None or now - last_seen >= WRITE_EVERY_SECONDS:
+                request.session[LAST_SEEN_SESSION_KEY] = now
+        return self.get_response(request)
