@@ -58,11 +58,21 @@ def page(monkeypatch):
 
 
 def log_in(page, live_server, staff_user, role: str) -> None:
+    """Sign in as staff do the first time: password, then set up the authenticator from the key shown, then its code."""
+    import base64
+
+    from django_otp.oath import totp
+
     user = staff_user(role)
     page.goto(live_server.url + reverse("admin:login"))
     page.fill("#id_username", user.username)
     page.fill("#id_password", "pw")
     page.click("input[type=submit]")
+    page.wait_for_selector("#otp-qr svg")
+    secret = page.inner_text("#otp-secret").replace(" ", "")
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    page.fill("#id_code", f"{totp(key):06d}")
+    page.click("#second-factor-form input[type=submit]")
     page.wait_for_selector("#grade-sync-support")
 
 
@@ -119,6 +129,8 @@ def test_the_sync_health_chart_renders(page, live_server, two_institutions, staf
 
 
 def test_the_resync_progress_bar_follows_the_job(page, live_server, two_institutions, staff_user):
+    from playwright.sync_api import expect
+
     north, _south = two_institutions
     course = CourseFactory(institution=north)
     rows = outbox_rows(course, [(DeliveryStatus.PENDING, 0.01)] * 4)
@@ -138,7 +150,8 @@ def test_the_resync_progress_bar_follows_the_job(page, live_server, two_institut
     # The worker finishes: the page polls the JSON endpoint and fills the bar without a reload.
     Delivery.objects.filter(pk__in=[r.pk for r in rows[1:3]]).update(status=DeliveryStatus.SENT)
     Delivery.objects.filter(pk=rows[3].pk).update(status=DeliveryStatus.REFUSED)
-    page.wait_for_function("document.getElementById('resync-status').textContent === 'Done'", timeout=10_000)
+    # A locator wait, not wait_for_function: the admin's Content-Security-Policy forbids eval.
+    expect(page.locator("#resync-status")).to_have_text("Done", timeout=10_000)
     assert page.locator("#resync-percent").inner_text() == "100"
     assert page.locator("#resync-sent").inner_text() == "3" and page.locator("#resync-refused").inner_text() == "1"
     assert bar.bounding_box()["width"] == pytest.approx(track, abs=3)
