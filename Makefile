@@ -15,10 +15,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 venv: $(VENV)/.installed
 
 ## Run the product on its embedded defaults: SQLite, in-process tasks, demo data, the sandbox LMS.
+## The demo logins skip the second factor (DEMO_SKIP_2FA, refused when DEBUG is off).
 run: venv
 	SANDBOX_LMS=True $(PY) manage.py migrate --noinput
-	SANDBOX_LMS=True $(PY) manage.py load_demo --base-url http://$(HOST):$(PORT)
-	SANDBOX_LMS=True $(PY) manage.py runserver $(HOST):$(PORT)
+	SANDBOX_LMS=True DEMO_SKIP_2FA=True $(PY) manage.py load_demo --base-url http://$(HOST):$(PORT)
+	SANDBOX_LMS=True DEMO_SKIP_2FA=True $(PY) manage.py runserver $(HOST):$(PORT)
 
 ## Run the whole test suite (SQLite by default; PostgreSQL/Redis when DATABASE_URL/CELERY_BROKER_URL are set).
 test: venv

@@ -3,10 +3,12 @@
 Every variable is documented in `.env.example`. Production differs from `make run` only
 by environment variables (DATABASE_URL, CELERY_BROKER_URL, CACHE_URL, SECRET_KEY, DEBUG...).
 """
+from datetime import timedelta
 from pathlib import Path
 import secrets
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -33,12 +35,16 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 SANDBOX_LMS = env.bool("SANDBOX_LMS", default=False)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin, with staff.sites.StaffAdminSite as admin.site (second factor before any page).
+    "staff.apps.StaffAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "axes",
     "lti_tool",
     "institutions",
     "gradesync",
@@ -55,8 +61,12 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "staff.middleware.StaffIdleTimeoutMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out sign-in into the lockout page (staff.views.locked_out).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -141,6 +151,28 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"  # staff sign in only to the admin
+
+# Staff sign-in (staff/): password, then a TOTP code (django-otp); enrolment with a QR code at the
+# first sign-in. Failed passwords and codes lock a username from an address out (django-axes).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out username before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+# Per username and client address (REMOTE_ADDR: behind a proxy, the proxy's, so per username there).
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_CALLABLE = "staff.views.locked_out"
+# Failures are cleared by a complete sign-in (password and code), not by the password alone.
+AXES_RESET_ON_SUCCESS = False
+OTP_TOTP_THROTTLE_FACTOR = 1  # after n wrong codes in a row, wait 2^(n-1) seconds before the next
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True  # no TOTP key or QR code on the device admin pages
+ADMIN_IDLE_TIMEOUT_MINUTES = env.int("ADMIN_IDLE_TIMEOUT_MINUTES", default=30)
+# `make run` only: the demo logins need no authenticator app. Refused outside DEBUG.
+DEMO_SKIP_2FA = env.bool("DEMO_SKIP_2FA", default=False)
+if DEMO_SKIP_2FA and not DEBUG:
+    raise ImproperlyConfigured("DEMO_SKIP_2FA=True is for the local demo only: it is refused when DEBUG is off.")
 
 LOGGING = {
     "version": 1,
@@ -155,6 +187,7 @@ LOGGING = {
 # request is not at hand (management commands). Views use the request's own host.
 TOOL_BASE_URL = env("TOOL_BASE_URL", default="http://127.0.0.1:8000")
 TOOL_TITLE = env("TOOL_TITLE", default="Courseware Grade Sync")
+OTP_TOTP_ISSUER = TOOL_TITLE  # the account's name in staff members' authenticator apps
 
 # Grade delivery (AGS).
 AGS_CONNECT_TIMEOUT_SECONDS = env.float("AGS_CONNECT_TIMEOUT_SECONDS", default=3.05)

@@ -14,5 +14,8 @@ urlpatterns = [
     path(JWKS_PATH, jwks, name="lti-jwks"),
     path("courseware/", include("courseware.urls")),
 ]
+# Refusals inside the admin name the staff role needed; elsewhere Django's own 403 page.
+handler403 = "staff.views.permission_denied"
+
 if settings.SANDBOX_LMS:
     urlpatterns.append(path("sandbox-lms/", include("sandbox_lms.urls")))

@@ -64,6 +64,14 @@ def main() -> int:
     )
     client = Client()
     client.force_login(user)
+    # The admin needs a second factor (staff.sites): record a verified device in the session as django_otp.login does.
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device, _ = TOTPDevice.objects.get_or_create(user=user, name="bench", defaults={"confirmed": True})
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
     institution = Institution.objects.filter(slug="bench-north").first() or Institution.objects.first()
     day_ago = (timezone.now() - timezone.timedelta(days=1)).isoformat(timespec="seconds")
     week_ago = (timezone.now() - timezone.timedelta(days=7)).isoformat(timespec="seconds")

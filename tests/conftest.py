@@ -38,17 +38,42 @@ def staff_user(django_user_model):
     return make
 
 
+def sign_in_verified(client, user):
+    """Log `client` in as `user` with a second factor given, as the admin requires (staff.sites).
+
+    The user gets a confirmed TOTP device, and the session records it as verified the way
+    django_otp.login does; the code step itself is tested in tests/staff.
+    """
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or TOTPDevice.objects.create(
+        user=user, name="test", confirmed=True
+    )
+    client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client
+
+
 @pytest.fixture
 def client_for(client, staff_user):
-    """A test client logged in as a staff member of one role."""
+    """A test client logged in (password and second factor) as a staff member of one role."""
 
     def make(role: str | None):
         user = staff_user(role)
-        client.force_login(user)
+        sign_in_verified(client, user)
         client.user = user
         return client
 
     return make
+
+
+@pytest.fixture
+def admin_client(client, admin_user):
+    """pytest-django's superuser client, signed in with a second factor as the admin requires."""
+    return sign_in_verified(client, admin_user)
 
 
 ROLES = [SUPPORT, INTEGRATION, READ_ONLY]

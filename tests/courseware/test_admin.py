@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from courseware.models import ActivityKind, Attempt
 from institutions.models import AuditEntry
+from tests.conftest import sign_in_verified
 from tests.courseware_factories import ActivityFactory, LaunchFactory, QuestionFactory
 
 from .test_quiz import take
@@ -19,8 +20,7 @@ CHANGELISTS = ["activity", "placement", "activitylink", "launch", "attempt", "at
 
 @pytest.fixture
 def admin_client_(client, django_user_model):
-    client.force_login(django_user_model.objects.create_superuser(username="root", password="pw"))
-    return client
+    return sign_in_verified(client, django_user_model.objects.create_superuser(username="root", password="pw"))
 
 
 def _queries(client, url: str) -> int:
@@ -40,13 +40,13 @@ def make_attempts(client, launched, link_to, course, quiz, n: int) -> None:
 def test_the_learner_side_changelists_do_not_grow_with_their_rows(client, django_user_model, launched, link_to, north_course, south_course, quiz):
     make_attempts(client, launched, link_to, north_course, quiz, 1)
     root = django_user_model.objects.create_superuser(username="root", password="pw")
-    client.force_login(root)
+    sign_in_verified(client, root)
     one = {name: _queries(client, reverse(f"admin:courseware_{name}_changelist"))
            for name in ["placement", "activitylink", "launch", "attempt"]}
 
     client.logout()
     make_attempts(client, launched, link_to, south_course, quiz, 4)
-    client.force_login(root)
+    sign_in_verified(client, root)
     many = {name: _queries(client, reverse(f"admin:courseware_{name}_changelist"))
             for name in ["placement", "activitylink", "launch", "attempt"]}
 

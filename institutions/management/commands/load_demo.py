@@ -45,6 +45,10 @@ class Command(BaseCommand):
         self.stdout.write(
             "  Logins:      " + ", ".join(name for name, _ in DEMO_STAFF) + f"  (password: {DEMO_PASSWORD})"
         )
+        if settings.DEMO_SKIP_2FA:
+            self.stdout.write("  2nd factor:  skipped for the demo (DEMO_SKIP_2FA=True; refused when DEBUG is off)")
+        else:
+            self.stdout.write("  2nd factor:  each login sets up an authenticator app (QR code) at its first sign-in")
         if settings.SANDBOX_LMS:
             self.stdout.write(f"  Sandbox LMS: {base_url}/sandbox-lms/")
 
