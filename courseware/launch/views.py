@@ -12,16 +12,15 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
-from lti_tool.utils import DjangoToolConfig
 from lti_tool.views import LtiLaunchBaseView, OIDCLoginInitView
-from pylti1p3.contrib.django import DjangoCacheDataStorage, DjangoOIDCLogin
-from pylti1p3.exception import LtiException
 
 from ..models import Activity, ActivityKind, LaunchRole
 from ..sessions import bind_session_to_launch, current_launch
 from .deep_linking import PickedItem, PickRefused, deep_linking_response
+from .login import start_login
+from .refusals import LaunchRefused, posted_form
 from .services import record_launch
-from .verification import DEEP_LINKING_REQUEST, LaunchRefused, verify_launch
+from .verification import DEEP_LINKING_REQUEST, verify_launch
 
 logger = logging.getLogger(__name__)
 
@@ -45,27 +44,25 @@ def refused(request: HttpRequest, reason: str, *, status: int = 400, return_url:
 
 @method_decorator((csrf_exempt, xframe_options_exempt), name="dispatch")
 class LoginView(OIDCLoginInitView):
-    """OIDC third-party login initiation (GET or POST), for one registration.
+    """OIDC third-party login initiation (GET or POST), for one registration (checks in login.py).
 
     The browser is always sent back to our own launch URL (the registered redirect URI), never
     to the unsigned `target_link_uri` parameter; where to go next comes from the signed token.
     """
 
-    def get_oidc_response(self, request, registration_uuid, params):
-        if not params.get("target_link_uri"):
-            return refused(request, "The LMS's login request has no target_link_uri.")
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         try:
-            oidc_login = DjangoOIDCLogin(
-                request, DjangoToolConfig(registration_uuid), launch_data_storage=DjangoCacheDataStorage()
-            )
-            return oidc_login.redirect(request.build_absolute_uri(reverse("lti-launch")))
-        except LtiException as error:
-            reason = {
-                "Could not find issuer": "The LMS's login request names no issuer (iss).",
-                "Could not find login hint": "The LMS's login request has no login_hint.",
-                "Could not find registration details": "This tool is not registered for that LMS and client id.",
-            }.get(str(error), f"The LMS's login request was refused: {error}")
-            return refused(request, reason)
+            form = posted_form(request)
+        except LaunchRefused as refusal:
+            return refused(request, refusal.reason, status=refusal.status)
+        return self.get_oidc_response(request, kwargs.get("registration_uuid"), form)
+
+    def get_oidc_response(self, request, registration_uuid, params):
+        try:
+            return start_login(request, registration_uuid, params, request.build_absolute_uri(reverse("lti-launch")))
+        except LaunchRefused as refusal:
+            logger.info("login refused: %s", refusal.reason)
+            return refused(request, refusal.reason, status=refusal.status)
 
 
 @method_decorator((csrf_exempt, xframe_options_exempt), name="dispatch")

@@ -1,21 +1,28 @@
 """Every check of the Security Framework §5.1.3 refuses a bad id_token with a clear 4xx, and writes nothing.
 
 Tokens are crafted here with the sandbox platform's own key (or a forger's), after a real login
-initiation through the tool, and posted to the tool's launch endpoint over HTTP.
+initiation through the tool, and posted to the tool's launch endpoint over HTTP. "Nothing written"
+means no row in any table a launch writes (`rows()`), no session row and no session cookie.
 """
 from __future__ import annotations
 
+import base64
 import html
+import json
 import time
 import uuid
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from lti_tool.models import LtiDeployment, LtiUser
+from django.contrib.sessions.models import Session
+from lti_tool.models import LtiContext, LtiDeployment, LtiPlatformInstance, LtiRegistration, LtiResourceLink, LtiUser
 
-from courseware.models import Launch
+from courseware.models import Attempt, Launch
+from institutions.models import Course
+from sandbox_lms import api
 from tests import lms
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,8 +72,23 @@ def post(http, login, token):
     return http.post(login["redirect_uri"], data={"id_token": token, "state": login["state"]}, allow_redirects=False, timeout=10)
 
 
-def nothing_written(before_users: int, before_launches: int) -> bool:
-    return LtiUser.objects.count() == before_users and Launch.objects.count() == before_launches
+WRITTEN_BY_A_LAUNCH = (
+    LtiUser, LtiContext, LtiResourceLink, LtiDeployment, LtiPlatformInstance, Course, Launch, Attempt, Session,
+)
+
+
+def rows() -> dict[str, int]:
+    """How many rows each table a launch (or login) could write holds."""
+    return {model.__name__: model.objects.count() for model in WRITTEN_BY_A_LAUNCH}
+
+
+def assert_refused(response, before: dict[str, int], *, status: int, reason: str, **written: int) -> None:
+    """A refusal page with this status and reason, and no row written but the `written` ones (name=count)."""
+    assert response.status_code == status, response.text[:500]
+    assert reason in html.unescape(response.text), html.unescape(response.text)[-800:]
+    assert "Traceback" not in response.text
+    assert "sessionid" not in response.cookies
+    assert rows() == {name: count + written.get(name, 0) for name, count in before.items()}
 
 
 def refused(connected, *, expect_status, expect_reason, sign=None, headers=None, **overrides):
@@ -74,13 +96,10 @@ def refused(connected, *, expect_status, expect_reason, sign=None, headers=None,
     login = lms.login_for_crafted_token(http, connected, connected.students[0])
     pem, kid = platform_key(connected)
     claims = claims_for(connected, login, **overrides)
-    users, launches = LtiUser.objects.count(), Launch.objects.count()
+    before = rows()
     token = sign(claims) if sign else jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid, **(headers or {})})
     response = post(http, login, token)
-    assert response.status_code == expect_status, response.text[:500]
-    assert expect_reason in html.unescape(response.text)
-    assert "Traceback" not in response.text
-    assert nothing_written(users, launches)
+    assert_refused(response, before, status=expect_status, reason=expect_reason)
     return response
 
 
@@ -134,14 +153,59 @@ def test_audience_without_our_client_id(connected):
     refused(connected, expect_status=401, expect_reason="not registered", aud="someone-else")
 
 
+def sibling_registration(connected, client_id="other-tool"):
+    """Another registration of the same LMS (issuer): an audience this tool trusts, but not the login's."""
+    registration = connected.registration
+    return LtiRegistration.objects.create(
+        name="Sibling", issuer=registration.issuer, client_id=client_id, auth_url=registration.auth_url,
+        token_url=registration.token_url, keyset_url=registration.keyset_url, uuid=uuid.uuid4(),
+    )
+
+
+def test_an_extra_untrusted_audience_is_refused(connected):
+    """Security Framework §5.1.3 step 3: a token also addressed to a tool we do not know, even with azp ours."""
+    refused(connected, expect_status=401, expect_reason="an audience this tool does not trust",
+            aud=[connected.registration.client_id, "other-tool"], azp=connected.registration.client_id)
+
+
 def test_several_audiences_with_a_foreign_azp(connected):
-    refused(connected, expect_status=401, expect_reason="azp is not our client id",
-            aud=[connected.registration.client_id, "other-tool"], azp="other-tool")
+    sibling_registration(connected)
+    refused(connected, expect_status=401, expect_reason="azp 'someone-else' is not our client id",
+            aud=[connected.registration.client_id, "other-tool"], azp="someone-else")
 
 
 def test_several_audiences_without_azp(connected):
-    refused(connected, expect_status=401, expect_reason="azp is not our client id",
+    sibling_registration(connected)
+    refused(connected, expect_status=401, expect_reason="several audiences and no azp",
             aud=[connected.registration.client_id, "other-tool"])
+
+
+def test_a_single_audience_with_a_foreign_azp(connected):
+    """azp, when present, must be our client id even when aud is a plain string."""
+    refused(connected, expect_status=401, expect_reason="azp 'other-tool' is not our client id",
+            aud=connected.registration.client_id, azp="other-tool")
+
+
+def test_a_token_for_a_sibling_registration_answering_our_login(connected):
+    """Both audiences trusted, azp the sibling: the token is not for the registration the login was for."""
+    sibling_registration(connected)
+    refused(connected, expect_status=401, expect_reason="another registration than the login",
+            aud=[connected.registration.client_id, "other-tool"], azp="other-tool")
+
+
+@pytest.mark.parametrize(
+    "aud,azp",
+    [([None], None), (["ok", 7], None), ([["nested"]], None), ({"client": "x"}, None), ("x" * 300, None), (None, 5)],
+    ids=["null-entry", "number-entry", "list-entry", "object", "too-long", "azp-number"],
+)
+def test_malformed_audiences_are_refused(connected, aud, azp):
+    overrides = {"aud": aud if aud is not None else connected.registration.client_id}
+    if azp is not None:
+        overrides["azp"] = azp
+    if aud == ["ok", 7]:
+        overrides["aud"] = [connected.registration.client_id, 7]
+    refused(connected, expect_status=401, expect_reason="malformed" if azp is None else "azp is not a client id",
+            **overrides)
 
 
 def test_expired(connected):
@@ -206,18 +270,38 @@ def test_missing_claims_and_wrong_message(connected, overrides, reason):
 
 
 def test_unknown_deployment_is_shown_pending_and_the_lms_gets_the_error(connected):
-    users = LtiUser.objects.count()
+    """The onboarding feature: the pending deployment (and the platform instance describing it), nothing else."""
     http = lms.browser()
     login = lms.login_for_crafted_token(http, connected, connected.students[0])
     pem, kid = platform_key(connected)
     token = jwt.encode(claims_for(connected, login, lti_deployment_id="new-sub-account"), pem, algorithm="RS256", headers={"kid": kid})
+    before = rows()
     response = post(http, login, token)
     assert response.status_code == 302
     assert "lti_errormsg=" in response.headers["Location"] and "/sandbox-lms/return/" in response.headers["Location"]
+    assert "sessionid" not in response.cookies
+    assert rows() == {**before, "LtiDeployment": before["LtiDeployment"] + 1, "LtiPlatformInstance": before["LtiPlatformInstance"] + 1}
     pending = LtiDeployment.objects.get(deployment_id="new-sub-account")
     assert not pending.is_active and not hasattr(pending, "ownership")
     assert pending.platform_instance is not None and pending.platform_instance.guid == "sandbox-guid"
-    assert LtiUser.objects.count() == users
+
+
+def test_an_unknown_deployment_does_not_rewrite_a_known_platform_instance(connected):
+    LtiPlatformInstance.objects.create(issuer=connected.registration.issuer, guid="sandbox-guid", name="Sandbox LMS")
+    http = lms.browser()
+    login = lms.login_for_crafted_token(http, connected, connected.students[0])
+    pem, kid = platform_key(connected)
+    claims = claims_for(connected, login, lti_deployment_id="another-sub-account",
+                        lti_tool_platform={"guid": "sandbox-guid", "name": "Renamed by the launch"})
+    before = rows()
+    assert post(http, login, jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid})).status_code == 302
+    assert rows() == {**before, "LtiDeployment": before["LtiDeployment"] + 1}
+    assert LtiPlatformInstance.objects.get(guid="sandbox-guid").name == "Sandbox LMS"
+
+
+@pytest.mark.parametrize("deployment_id", ["d" * 256, ["dep"], {"id": "dep"}, "dep\x00nul"], ids=["too-long", "list", "object", "nul"])
+def test_a_malformed_unknown_deployment_id_creates_no_pending_deployment(connected, deployment_id):
+    refused(connected, expect_status=400, expect_reason="deployment_id", lti_deployment_id=deployment_id)
 
 
 def test_inactive_deployment_is_refused_with_a_page(live_server, two_institutions):
@@ -240,3 +324,178 @@ def test_deployment_of_an_inactive_institution_is_refused(live_server, two_insti
 def test_the_launch_url_refuses_a_get(live_server):
     response = lms.browser().get(f"{live_server.url}/lti/launch/", timeout=10)
     assert response.status_code == 405 and "receives LTI launches" in response.text
+
+
+# --- The token answers the login of its state: nonce, target_link_uri, single use -------------------
+
+
+def test_target_link_uri_other_than_the_login_asked_for(connected):
+    """The login asked for one target; a token for another (a link elsewhere in the tool) is refused."""
+    refused(connected, expect_status=401, expect_reason="is not the one its login asked for",
+            lti_target_link_uri=f"{connected.base_url}/lti/pick/")
+
+
+def deep_linking_login(http, connected) -> dict[str, str]:
+    initiation = api.start_deep_linking(user=connected.instructor, course=connected.course)
+    response = http.post(initiation.url, data=initiation.params, allow_redirects=False, timeout=10)
+    assert response.status_code == 302, response.text[:300]
+    return {k: v[0] for k, v in parse_qs(urlsplit(response.headers["Location"]).query).items()}
+
+
+def deep_linking_claims(connected, login, **overrides):
+    claims = claims_for(connected, login, lti_message_type="LtiDeepLinkingRequest", lti_resource_link=None,
+                        lti_roles=["http://purl.imsglobal.org/vocab/lis/v2/membership#Instructor"], **overrides)
+    claims["sub"] = connected.instructor.sub
+    claims["https://purl.imsglobal.org/spec/lti-dl/claim/deep_linking_settings"] = {
+        "deep_link_return_url": f"{connected.base_url}/sandbox-lms/deep-linking/x/return/",
+        "accept_types": ["ltiResourceLink"], "accept_presentation_document_targets": ["iframe"],
+    }
+    return claims
+
+
+def test_deep_linking_target_link_uri_must_match_the_login_too(connected):
+    http = lms.browser()
+    login = deep_linking_login(http, connected)
+    pem, kid = platform_key(connected)
+    claims = deep_linking_claims(connected, login, lti_target_link_uri="https://elsewhere.example/launch")
+    before = rows()
+    response = post(http, login, jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid}))
+    assert_refused(response, before, status=401, reason="is not the one its login asked for")
+    # The control: the same request with the login's target goes to the picker.
+    login = deep_linking_login(http, connected)
+    claims = deep_linking_claims(connected, login)
+    response = post(http, login, jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid}))
+    assert response.status_code == 302 and response.headers["Location"].endswith("/lti/pick/")
+
+
+def test_nonce_of_another_login_of_this_tool(connected):
+    """Two logins in one browser: the nonce our login issued for the first cannot answer the second's state."""
+    http = lms.browser()
+    first = lms.login_for_crafted_token(http, connected, connected.students[0])
+    second = lms.login_for_crafted_token(http, connected, connected.students[0])
+    pem, kid = platform_key(connected)
+    token = jwt.encode(claims_for(connected, first), pem, algorithm="RS256", headers={"kid": kid})
+    before = rows()
+    response = post(http, second, token)
+    assert_refused(response, before, status=401, reason="nonce was not issued by this tool's login for this launch")
+    assert post(http, first, token).status_code == 404  # its own state: verified (the link has no activity)
+
+
+def test_a_state_this_tool_never_issued_even_with_its_cookie(connected):
+    http = lms.browser()
+    login = lms.login_for_crafted_token(http, connected, connected.students[0])
+    forged_state = f"state-{uuid.uuid4()}"
+    http.cookies.set(f"lti1p3-{forged_state}", forged_state)
+    pem, kid = platform_key(connected)
+    token = jwt.encode(claims_for(connected, login), pem, algorithm="RS256", headers={"kid": kid})
+    before = rows()
+    response = post(http, {**login, "state": forged_state}, token)
+    assert_refused(response, before, status=401, reason="expired or was not made by this tool")
+
+
+@pytest.mark.parametrize("state", ["x" * 5000, "state-../../etc", "state-" + "0" * 36 + "\n"], ids=["huge", "path", "newline"])
+def test_a_state_not_of_our_making(connected, state):
+    http = lms.browser()
+    login = lms.login_for_crafted_token(http, connected, connected.students[0])
+    pem, kid = platform_key(connected)
+    token = jwt.encode(claims_for(connected, login), pem, algorithm="RS256", headers={"kid": kid})
+    before = rows()
+    response = post(http, {**login, "state": state}, token)
+    assert_refused(response, before, status=401, reason="state was not issued by this tool's login")
+
+
+# --- The POST itself: one id_token, bounded, a form Django can read --------------------------------
+
+
+def crafted(connected):
+    http = lms.browser()
+    login = lms.login_for_crafted_token(http, connected, connected.students[0])
+    pem, kid = platform_key(connected)
+    return http, login, jwt.encode(claims_for(connected, login), pem, algorithm="RS256", headers={"kid": kid})
+
+
+@pytest.mark.parametrize(
+    "fields,reason",
+    [
+        ([("state", "s")], "sent no id_token"),
+        ([("id_token", ""), ("state", "s")], "sent no id_token"),
+        ([("id_token", "TOKEN"), ("id_token", "TOKEN"), ("state", "s")], "2 values of id_token"),
+        ([("id_token", "TOKEN"), ("state", "STATE"), ("state", "STATE")], "2 values of state"),
+    ],
+    ids=["none", "empty", "two-tokens", "two-states"],
+)
+def test_the_launch_post_carries_exactly_one_id_token_and_state(connected, fields, reason):
+    http, login, token = crafted(connected)
+    data = [(name, {"TOKEN": token, "STATE": login["state"]}.get(value, value)) for name, value in fields]
+    before = rows()
+    response = http.post(login["redirect_uri"], data=data, allow_redirects=False, timeout=10)
+    assert_refused(response, before, status=400, reason=reason)
+
+
+def test_an_oversized_token_is_refused_before_it_is_decoded(connected):
+    refused(connected, expect_status=413, expect_reason="at most 64 KB", padding="x" * (65 * 1024))
+
+
+def test_an_oversized_body_is_refused(connected):
+    http, login, _ = crafted(connected)
+    before = rows()
+    response = http.post(login["redirect_uri"], data={"id_token": "x" * (3 * 1024 * 1024), "state": login["state"]}, timeout=30)
+    assert_refused(response, before, status=413, reason="too large")
+
+
+def test_an_undecodable_body_is_refused(connected):
+    http, login, _ = crafted(connected)
+    before = rows()
+    body = b"id_token=\xff\xfe%ff.%fe.%00&state=" + login["state"].encode()
+    response = http.post(login["redirect_uri"], data=body, timeout=10,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_refused(response, before, status=400, reason="not valid UTF-8")
+
+
+def test_a_broken_multipart_body_is_refused(connected):
+    http, login, _ = crafted(connected)
+    before = rows()
+    response = http.post(login["redirect_uri"], data=b"--x\r\ngarbage", timeout=10,
+                         headers={"Content-Type": "multipart/form-data"})
+    assert_refused(response, before, status=400, reason="could not be read as a form")
+
+
+# --- Header and time claims of odd types: a refusal, never a TypeError ------------------------------
+
+
+def unsigned(header: dict, claims: dict) -> str:
+    segment = lambda value: base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{segment(header)}.{segment(claims)}.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    "header,reason",
+    [
+        ({"alg": "RS256", "kid": 5}, "not a valid JWT"),
+        ({"alg": "RS256", "kid": "k" * 300}, "names no key (kid)"),
+        ({"alg": "RS256"}, "names no key (kid)"),
+        ({"alg": ["RS256"], "kid": "k"}, "only RS256 is accepted"),
+        (["RS256"], "not a valid JWT"),
+    ],
+    ids=["kid-number", "kid-huge", "kid-missing", "alg-list", "header-list"],
+)
+def test_malformed_headers(connected, header, reason):
+    status = 400 if "JWT" in reason else 401
+    refused(connected, expect_status=status, expect_reason=reason, sign=lambda c: unsigned(header, c))
+
+
+@pytest.mark.parametrize("name", ["iat", "exp", "nbf"])
+@pytest.mark.parametrize("value", ["1700000000", [1], {"t": 1}, True, float("nan"), float("inf")],
+                         ids=["string", "list", "object", "bool", "nan", "infinity"])
+def test_times_that_are_not_numbers(connected, name, value):
+    refused(connected, expect_status=401, expect_reason=f"{name} is not a number", **{name: value})
+
+
+def test_an_absurd_expiry_is_harmless(connected):
+    """exp far in the future (an integer past any float): verified, the nonce still single-use."""
+    http = lms.browser()
+    login = lms.login_for_crafted_token(http, connected, connected.students[0])
+    pem, kid = platform_key(connected)
+    token = jwt.encode(claims_for(connected, login, exp=10**30), pem, algorithm="RS256", headers={"kid": kid})
+    assert post(http, login, token).status_code == 404
+    assert post(http, login, token).status_code == 401
