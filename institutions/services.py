@@ -108,6 +108,10 @@ def parse_lms_datetime(value: object, *, end_of_day: bool = False) -> datetime.d
             parsed = parsed.replace(hour=23, minute=59, second=59, microsecond=999999)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    try:
+        parsed.astimezone(datetime.timezone.utc)  # how it is stored: "0001-01-01T00:00+14:00" has no UTC time
+    except OverflowError:
+        return None
     return parsed
 
 
