@@ -9,6 +9,7 @@ import secrets
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from csp.constants import NONCE as CSP_NONCE, NONE as CSP_NONE, SELF as CSP_SELF, UNSAFE_INLINE as CSP_UNSAFE_INLINE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -55,6 +56,8 @@ if SANDBOX_LMS:
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below; framed pages: courseware.framing).
+    "csp.middleware.CSPMiddleware",
     # First, so that on the way out it sees the cookies the session and CSRF middleware set.
     "courseware.middleware.FramedCookiesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -133,9 +136,49 @@ SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 # session and CSRF cookies SameSite=None; Secure so they travel in a cross-site iframe.
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
-CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
+# Behind a TLS-terminating proxy (production): https is detected from X-Forwarded-Proto, cookies
+# are Secure, and browsers are told to use https only (HSTS). `manage.py check --deploy` is clean
+# then; the deploy warnings silenced below are each a deliberate choice (tests/test_deploy_check.py).
+BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=BEHIND_TLS_PROXY)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=BEHIND_TLS_PROXY)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if BEHIND_TLS_PROXY else 0)
+# Off by default: HSTS on subdomains binds every host of the parent domain (often the vendor's own,
+# with hosts this tool does not run) to https for a year; that is the domain owner's call.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+# The proxy usually redirects http to https itself; turn on when it does not.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+X_FRAME_OPTIONS = "DENY"  # framed pages are exempted one by one and name their ancestors in the CSP
+SILENCED_SYSTEM_CHECKS = [
+    # W021 (HSTS preload): the browsers' preload list is near irreversible and applies to the whole domain.
+    "security.W021",
+]
+if not SECURE_HSTS_INCLUDE_SUBDOMAINS:
+    SILENCED_SYSTEM_CHECKS.append("security.W005")  # subdomains left out on purpose: see above
+if BEHIND_TLS_PROXY and not SECURE_SSL_REDIRECT:
+    SILENCED_SYSTEM_CHECKS.append("security.W008")  # the proxy redirects http to https
+
+# Content-Security-Policy (django-csp). Every page: our own origin only, and never framed. Pages an
+# LMS frames replace frame-ancestors with the origins of the session's launch (courseware.framing).
+# Scripts: a page that uses `request.csp_nonce` (the courseware player, grade sync, deep-link return)
+# sends a nonce, and browsers then ignore 'unsafe-inline' there: only its nonced scripts run. Pages
+# without a nonce (the admin's inline handlers) still need 'unsafe-inline' for now. Inline style
+# attributes (progress bars) need style-src 'unsafe-inline'. Videos of the catalog come from any https host.
+# The sandbox LMS (a test platform, mounted only in tests and `make run`) keeps its pages as they were.
+CONTENT_SECURITY_POLICY = {
+    "EXCLUDE_URL_PREFIXES": ["/sandbox-lms/"],
+    "DIRECTIVES": {
+        "default-src": [CSP_SELF],
+        "script-src": [CSP_SELF, CSP_UNSAFE_INLINE, CSP_NONCE],
+        "style-src": [CSP_SELF, CSP_UNSAFE_INLINE],
+        "img-src": [CSP_SELF, "data:"],
+        "media-src": [CSP_SELF, "https:"],
+        "object-src": [CSP_NONE],
+        "base-uri": [CSP_SELF],
+        "frame-ancestors": [CSP_NONE],
+    },
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -157,6 +157,11 @@ class Launch(models.Model):
         default=dict, blank=True, help_text=_("The deep-linking request's settings (return URL, data, accept_*).")
     )
     return_url = models.URLField(max_length=1000, blank=True)
+    frame_origins = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=_("The origins that may frame this launch's pages (courseware.framing), fixed when it was verified."),
+    )
     launched_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -86,10 +86,23 @@ class Player:
         return self.launch is not None and self.launch.role == LaunchRole.INSTRUCTOR
 
     def attempts(self) -> QuerySet[Attempt]:
-        """This person's attempts (all courses, all activities)."""
+        """This person's attempts (all activities), in the courses their launch's institution owns."""
         if self.launch is not None:
-            return Attempt.objects.filter(lti_user=self.launch.lti_user)
+            return Attempt.objects.filter(
+                lti_user=self.launch.lti_user, course__institution_id=self.launch.course.institution_id
+            )
         return Attempt.objects.filter(auth_user=self.auth_user, lti_user__isnull=True)
+
+    def links(self) -> QuerySet[ActivityLink]:
+        """The activity links this person may open: a launch's, its own institution's only (the tenant wall).
+
+        Another course of the same institution plays, recorded ineligible (eligibility_for says why);
+        staff logged in directly open any link (never synced).
+        """
+        links = ActivityLink.objects.select_related("activity__section", "course", "resource_link")
+        if self.launch is not None:
+            return links.filter(course__institution_id=self.launch.course.institution_id)
+        return links
 
 
 def player_for(*, launch: Launch | None, user: Any) -> Player | None:
@@ -280,17 +293,19 @@ class Presence:
 
 
 @transaction.atomic
-def record_presence(*, attempt_id: int, player: Player, now: datetime.datetime | None = None) -> Presence:
+def record_presence(
+    *, attempt_id: int, player: Player, link: ActivityLink, now: datetime.datetime | None = None
+) -> Presence:
     """A ping from a reading or video page: the learner is still there.
 
     Completes the attempt with 1/1 once the server has seen `REQUIRED_PRESENCE_SECONDS` of
     presence without a gap longer than `MAX_PING_GAP_SECONDS`. Raises Attempt.DoesNotExist when
-    the attempt is not this player's open timed attempt.
+    the attempt is not this player's timed attempt at the link's activity and course.
     """
     now = now or timezone.now()
     _lock_player(player)
     attempt = (
-        player.attempts()
+        _attempts_of(player=player, course=link.course, activity=link.activity)
         .select_related("activity", "course", "activity_link__resource_link", "launch__course", "launch__deployment")
         .get(pk=attempt_id, activity__kind__in=TIMED_KINDS)
     )
@@ -320,19 +335,24 @@ def is_correct(*, choices: list, answer: Any, given: str) -> bool:
 
 @transaction.atomic
 def submit_answers(
-    *, attempt_id: int, player: Player, answers: Mapping[str, str], now: datetime.datetime | None = None
+    *,
+    attempt_id: int,
+    player: Player,
+    link: ActivityLink,
+    answers: Mapping[str, str],
+    now: datetime.datetime | None = None,
 ) -> Attempt:
     """Score the player's open attempt at a quiz, assessment, practice test or lab, and finish it.
 
     `answers` maps a question's id (as a string) to the answer given (a choice's index, or the
     text typed). Unanswered questions are wrong. The score is the fraction answered correctly.
-    Raises Attempt.DoesNotExist when the attempt is not this player's, AttemptRefused when it
-    is already finished (a second submit of the same page).
+    Raises Attempt.DoesNotExist when the attempt is not this player's at the link's activity and
+    course, AttemptRefused when it is already finished (a second submit of the same page).
     """
     now = now or timezone.now()
     _lock_player(player)
     attempt = (
-        player.attempts()
+        _attempts_of(player=player, course=link.course, activity=link.activity)
         .select_related("activity", "course", "activity_link__resource_link", "launch__course", "launch__deployment")
         .get(pk=attempt_id, activity__kind__in=QUESTION_KINDS)
     )

@@ -1,7 +1,9 @@
 """The player and the instructor's scheduling page. Thin: every write is in services.py.
 
-Pages are framed inside the LMS (xframe_options_exempt). Who plays is the LTI launch the session
-is bound to, or a staff member logged in directly (their attempts never sync).
+Pages are framed inside the LMS, by the origins of the session's launch only (framing.py). Who plays
+is the LTI launch the session is bound to, or a staff member logged in directly (their attempts never
+sync). A launch reaches only its own institution's links, attempts and courses: anything of another
+institution is "not found" (404), never "forbidden", so its existence is not revealed.
 """
 from __future__ import annotations
 
@@ -9,12 +11,12 @@ from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
-from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from gradesync import api as gradesync_api
 
-from . import services
+from . import framing, services
+from .framing import framed_by_launch
 from .models import QUESTION_KINDS, TIMED_KINDS, Activity, ActivityKind, ActivityLink, Attempt, LaunchRole, Placement
 from .services import AttemptRefused, Player, ScheduleRefused
 from .sessions import current_launch
@@ -23,18 +25,16 @@ NO_PLAYER = "Open this activity from your LMS course: this session was not start
 
 
 def refuse(request: HttpRequest, reason: str, *, status: int) -> HttpResponse:
-    return render(request, "courseware/refused.html", {"reason": reason}, status=status)
+    return framing.refusal(render(request, "courseware/refused.html", {"reason": reason}, status=status))
 
 
 def _player(request: HttpRequest) -> Player | None:
     return services.player_for(launch=current_launch(request), user=request.user)
 
 
-def _link(link_id: int) -> ActivityLink:
-    # Any link may be played (another course's link is recorded ineligible); none is changed here.
-    return get_object_or_404(
-        ActivityLink.objects.select_related("activity__section", "course", "resource_link"), pk=link_id
-    )
+def _link(player: Player, link_id: int) -> ActivityLink:
+    # Another course's link of the same institution plays (recorded ineligible); another institution's is 404.
+    return get_object_or_404(player.links(), pk=link_id)
 
 
 def _frame(request: HttpRequest, player: Player, link: ActivityLink, **extra) -> dict:
@@ -67,14 +67,14 @@ def _history(player: Player, link: ActivityLink) -> dict:
     }
 
 
-@xframe_options_exempt
+@framed_by_launch
 @require_GET
 def play(request: HttpRequest, link_id: int) -> HttpResponse:
     """A resource link opens its activity. Opening a reading or video starts its clock."""
     player = _player(request)
     if player is None:
         return refuse(request, NO_PLAYER, status=403)
-    link = _link(link_id)
+    link = _link(player, link_id)
     activity = link.activity
     if not activity.is_published:
         return refuse(request, "This activity is not available right now. Ask your instructor.", status=404)
@@ -129,14 +129,14 @@ def _questions_page(
     )
 
 
-@xframe_options_exempt
+@framed_by_launch
 @require_POST
 def start(request: HttpRequest, link_id: int) -> HttpResponse:
     """Start the next attempt at a quiz, assessment, practice test or lab (or continue the open one)."""
     player = _player(request)
     if player is None:
         return refuse(request, NO_PLAYER, status=403)
-    link = _link(link_id)
+    link = _link(player, link_id)
     if link.activity.kind not in QUESTION_KINDS:
         return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": link.pk}))
     try:
@@ -148,17 +148,17 @@ def start(request: HttpRequest, link_id: int) -> HttpResponse:
     return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": link.pk}))
 
 
-@xframe_options_exempt
+@framed_by_launch
 @require_POST
 def submit(request: HttpRequest, link_id: int, attempt_id: int) -> HttpResponse:
     """Score the answers on the server and finish the attempt."""
     player = _player(request)
     if player is None:
         return refuse(request, NO_PLAYER, status=403)
-    link = _link(link_id)
+    link = _link(player, link_id)
     answers = {key[2:]: value for key, value in request.POST.items() if key.startswith("q-")}
     try:
-        attempt = services.submit_answers(attempt_id=attempt_id, player=player, answers=answers)
+        attempt = services.submit_answers(attempt_id=attempt_id, player=player, link=link, answers=answers)
     except Attempt.DoesNotExist:
         raise Http404("No such attempt of yours.")
     except AttemptRefused:
@@ -166,14 +166,16 @@ def submit(request: HttpRequest, link_id: int, attempt_id: int) -> HttpResponse:
     return HttpResponseRedirect(reverse("courseware:attempt", kwargs={"link_id": link.pk, "attempt_id": attempt_id}))
 
 
-@xframe_options_exempt
+@framed_by_launch
 @require_GET
 def attempt_result(request: HttpRequest, link_id: int, attempt_id: int) -> HttpResponse:
     player = _player(request)
     if player is None:
         return refuse(request, NO_PLAYER, status=403)
-    link = _link(link_id)
-    attempt = get_object_or_404(player.attempts().select_related("activity"), pk=attempt_id, activity=link.activity)
+    link = _link(player, link_id)
+    attempt = get_object_or_404(
+        player.attempts().select_related("activity"), pk=attempt_id, course=link.course, activity=link.activity
+    )
     if attempt.completed_at is None:
         return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": link.pk}))
     show_answers = link.activity.kind in {ActivityKind.PRACTICE_TEST, ActivityKind.LAB}
@@ -200,7 +202,6 @@ def attempt_result(request: HttpRequest, link_id: int, attempt_id: int) -> HttpR
     )
 
 
-@xframe_options_exempt
 @require_POST
 def presence(request: HttpRequest, link_id: int, attempt_id: int) -> JsonResponse:
     """The reading or video page's ping. The server measures presence; the page only reports it."""
@@ -208,8 +209,9 @@ def presence(request: HttpRequest, link_id: int, attempt_id: int) -> JsonRespons
     if player is None:
         return JsonResponse({"error": NO_PLAYER}, status=403)
     try:
-        seen = services.record_presence(attempt_id=attempt_id, player=player)
-    except Attempt.DoesNotExist:
+        link = player.links().get(pk=link_id)
+        seen = services.record_presence(attempt_id=attempt_id, player=player, link=link)
+    except (ActivityLink.DoesNotExist, Attempt.DoesNotExist):
         return JsonResponse({"error": "No such attempt of yours."}, status=404)
     return JsonResponse(
         {
@@ -220,7 +222,7 @@ def presence(request: HttpRequest, link_id: int, attempt_id: int) -> JsonRespons
     )
 
 
-@xframe_options_exempt
+@framed_by_launch
 @require_http_methods(["GET", "POST"])
 def schedule(request: HttpRequest) -> HttpResponse:
     """Attempts allowed for the custom quizzes and competency assessments of the instructor's course."""
@@ -273,10 +275,10 @@ NOT_INSTRUCTOR = "Only the course's instructors see its grade sync: open this pa
 def _instructor_course(request: HttpRequest, course_id: int):
     """The launch's course when the session is an instructor's launch from it; another course is 404."""
     launch = current_launch(request)
+    if launch is not None and launch.course_id != course_id:
+        raise Http404("No such course.")  # not yours looks like not there, whatever the role
     if launch is None or launch.role != LaunchRole.INSTRUCTOR:
         return launch, None
-    if launch.course_id != course_id:
-        raise Http404("No such course.")  # not yours looks like not there
     return launch, launch.course
 
 
@@ -292,7 +294,7 @@ def _graded_activities(course) -> list[tuple[str, str]]:
     return [(str(pk), title) for pk, title in graded]
 
 
-@xframe_options_exempt
+@framed_by_launch
 @require_http_methods(["GET", "POST"])
 def grade_sync(request: HttpRequest, course_id: int) -> HttpResponse:
     """The instructor's grade sync for their course: learners × graded activities, and "Resync this course"."""
@@ -313,7 +315,6 @@ def grade_sync(request: HttpRequest, course_id: int) -> HttpResponse:
     )
 
 
-@xframe_options_exempt
 @require_GET
 def grade_sync_progress(request: HttpRequest, course_id: int) -> JsonResponse:
     """The course's latest resync, polled by the grade sync page."""

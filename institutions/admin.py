@@ -240,7 +240,7 @@ class RegistrationProfileInline(admin.StackedInline):
     can_delete = False
     min_num = 1
     max_num = 1
-    fields = ["lms_family", "max_requests_in_flight"]
+    fields = ["lms_family", "max_requests_in_flight", "frame_origins"]
     verbose_name_plural = _("LMS")
 
 

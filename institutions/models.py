@@ -5,8 +5,11 @@ models here point at them and add what a multi-tenant grade-sync product needs.
 """
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
@@ -67,6 +70,25 @@ class LmsFamily(models.TextChoices):
     OTHER = "other", _("Other")
 
 
+# An origin as a Content-Security-Policy frame-ancestors source names it: scheme, host, optional port.
+ORIGIN_PATTERN = re.compile(
+    r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)(:[0-9]{1,5})?$"
+)
+MAX_EXTRA_FRAME_ORIGINS = 10
+
+
+def validate_frame_origins(value: str) -> None:
+    """One origin per line, e.g. https://school.instructure.com: nothing a policy header could be bent by."""
+    lines = [line.strip() for line in value.splitlines() if line.strip()]
+    wrong = [line for line in lines if not ORIGIN_PATTERN.match(line.lower())]
+    if wrong:
+        raise ValidationError(
+            _("Not an origin (scheme://host[:port], no path): %(wrong)s"), params={"wrong": ", ".join(wrong[:3])}
+        )
+    if len(lines) > MAX_EXTRA_FRAME_ORIGINS:
+        raise ValidationError(_("At most %(n)s origins."), params={"n": MAX_EXTRA_FRAME_ORIGINS})
+
+
 class RegistrationProfile(models.Model):
     """What we know of an LMS registration beyond django-lti's fields."""
 
@@ -78,6 +100,16 @@ class RegistrationProfile(models.Model):
         _("max requests in flight"),
         default=4,
         help_text=_("Grade requests sent to this LMS at once; keeps one installation's rate limit from flooding."),
+    )
+    frame_origins = models.TextField(
+        _("also framed from"),
+        blank=True,
+        validators=[validate_frame_origins],
+        help_text=_(
+            "Extra origins whose pages may frame this tool, one per line (e.g. https://lms.school.edu). "
+            "Not needed for the issuer, the auth URL, the page each launch is posted from or its return URL: "
+            "those are allowed per launch already."
+        ),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

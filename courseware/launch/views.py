@@ -10,10 +10,10 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views import View
-from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from lti_tool.views import LtiLaunchBaseView, OIDCLoginInitView
 
+from ..framing import framed_at_the_door, framed_by_launch
 from ..models import Activity, ActivityKind, LaunchRole
 from ..sessions import bind_session_to_launch, current_launch
 from .deep_linking import PickedItem, PickRefused, deep_linking_response
@@ -42,7 +42,7 @@ def refused(request: HttpRequest, reason: str, *, status: int = 400, return_url:
     return response
 
 
-@method_decorator((csrf_exempt, xframe_options_exempt), name="dispatch")
+@method_decorator((csrf_exempt, framed_at_the_door), name="dispatch")
 class LoginView(OIDCLoginInitView):
     """OIDC third-party login initiation (GET or POST), for one registration (checks in login.py).
 
@@ -65,7 +65,7 @@ class LoginView(OIDCLoginInitView):
             return refused(request, refusal.reason, status=refusal.status)
 
 
-@method_decorator((csrf_exempt, xframe_options_exempt), name="dispatch")
+@method_decorator((csrf_exempt, framed_at_the_door), name="dispatch")
 class LaunchView(LtiLaunchBaseView):
     """The LTI launch: verify everything (verification.py), then write (services.py)."""
 
@@ -115,7 +115,7 @@ def _picks_from(post, activities: dict[int, Activity]) -> list[PickedItem]:
     return picks
 
 
-@xframe_options_exempt
+@framed_by_launch
 def pick(request: HttpRequest) -> HttpResponse:
     """The deep-linking picker: the catalog by section; the instructor chooses and returns to the LMS."""
     launch = current_launch(request)

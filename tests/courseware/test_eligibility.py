@@ -9,6 +9,8 @@ from django.urls import reverse
 from courseware.models import Attempt
 from gradesync.models import Result
 
+from tests.factories import CourseFactory
+
 from .test_quiz import take
 
 pytestmark = pytest.mark.django_db
@@ -75,18 +77,24 @@ def test_an_instructor_previews_without_a_limit_and_is_not_synced(client, launch
     assert not Result.objects.filter(is_eligible=True).exists()
 
 
-def test_a_session_launched_from_another_course_plays_but_is_not_eligible(client, launched, link_to, north_course, south_course, quiz):
+@pytest.fixture
+def other_north_course(north_course):
+    """A second course of the same institution (another institution's links are not found: test_tenant_walls.py)."""
+    return CourseFactory(institution=north_course.institution, title="Security+ at North")
+
+
+def test_a_session_launched_from_another_course_plays_but_is_not_eligible(client, launched, link_to, north_course, other_north_course, quiz):
     north_link = link_to(quiz, course=north_course)
-    launch = launched(south_course)  # a South learner's session opens North's link
+    launch = launched(other_north_course)  # a learner's session from North's other course opens this link
 
     page = take(client, north_link, right=3)
 
-    reason = "The session was launched from another course (Security+ at South), not this one."
+    reason = "The session was launched from another course (Security+ at North), not this one."
     assert reason in page.content.decode()
     attempt = Attempt.objects.get()
     assert (attempt.course, attempt.eligible, attempt.ineligible_reason) == (north_course, False, reason)
     result = Result.objects.get()
-    assert (result.course, result.launched_course, result.is_eligible) == (north_course, south_course, False)
+    assert (result.course, result.launched_course, result.is_eligible) == (north_course, other_north_course, False)
     assert result.lti_user == launch.lti_user
 
 
@@ -105,13 +113,13 @@ def test_attempts_and_limits_are_per_course(client, launched, link_to, north_cou
     ]
 
 
-def test_an_attempt_opened_from_another_course_and_finished_after_a_proper_launch_counts(client, launched, link_to, north_course, south_course, quiz):
+def test_an_attempt_opened_from_another_course_and_finished_after_a_proper_launch_counts(client, launched, link_to, north_course, other_north_course, quiz):
     link = link_to(quiz, course=north_course)
-    south_launch = launched(south_course)
+    other_launch = launched(other_north_course)
     client.post(reverse("courseware:start", kwargs={"link_id": link.pk}))
     assert Attempt.objects.get().eligible is False
 
-    north_launch = launched(north_course, lti_user=south_launch.lti_user)  # the learner launches from North now
+    north_launch = launched(north_course, lti_user=other_launch.lti_user)  # the learner launches from this course now
     page = client.get(reverse("courseware:play", kwargs={"link_id": link.pk}))
     assert "not sent to the LMS gradebook" not in page.content.decode()
     answers = {f"q-{q.pk}": "0" for q in quiz.questions.all()}
