@@ -33,8 +33,9 @@ PARAMETERS = ("iss", "login_hint", "target_link_uri", "lti_message_hint", "clien
 REQUIRED = ("iss", "login_hint", "target_link_uri")
 
 
-def has_control_characters(value: str) -> bool:
-    return any(unicodedata.category(char) == "Cc" for char in value)
+def has_unsafe_characters(value: str) -> bool:
+    """Control characters (NUL breaks PostgreSQL), or unpaired surrogates a JSON token can carry (not UTF-8)."""
+    return any(unicodedata.category(char) in ("Cc", "Cs") for char in value)
 
 
 def login_parameters(query: QueryDict) -> dict[str, str]:
@@ -51,7 +52,7 @@ def login_parameters(query: QueryDict) -> dict[str, str]:
             continue
         if "\ufffd" in value:
             raise LaunchRefused(f"The LMS's login request is not valid UTF-8: its {name} could not be decoded.")
-        if has_control_characters(value):
+        if has_unsafe_characters(value):
             raise LaunchRefused(f"The LMS's login request has control characters in its {name}.")
         if name in ("login_hint", "lti_message_hint"):
             size = len(quote_plus(value))

@@ -23,7 +23,7 @@ from pylti1p3.exception import LtiException
 from pylti1p3.contrib.django import DjangoCacheDataStorage, DjangoMessageLaunch
 
 from .claims import check_claim_shapes
-from .login import asked_at_login, has_control_characters
+from .login import asked_at_login, has_unsafe_characters
 from .platform_keys import PlatformKeyError, platform_key
 from .refusals import LaunchRefused, posted_form, shown
 
@@ -94,7 +94,7 @@ def _unverified(id_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _is_identifier(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_ID and not has_control_characters(value)
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID and not has_unsafe_characters(value)
 
 
 def _registration_for(claims: dict[str, Any]) -> LtiRegistration:
@@ -238,7 +238,7 @@ def verify_launch(request: HttpRequest) -> VerifiedLaunch:
     except jwt.MissingRequiredClaimError as error:
         raise LaunchRefused(f"The launch token lacks the required claim {error.claim!r}.", status=401)
     except jwt.PyJWTError as error:
-        raise LaunchRefused(f"The launch token is not valid: {error}.", status=401)
+        raise LaunchRefused(f"The launch token is not valid: {shown(str(error), 200)[1:-1]}.", status=401)
     if claims["iat"] < time.time() - MAX_TOKEN_AGE_SECONDS:
         raise LaunchRefused("The launch token is too old. Launch again from the LMS.", status=401)
     _check_message(claims)
@@ -261,7 +261,7 @@ def verify_launch(request: HttpRequest) -> VerifiedLaunch:
 def _check_message(claims: dict[str, Any]) -> None:
     message_type = claims.get(LTI + "message_type")
     if not isinstance(message_type, str) or message_type not in MESSAGE_TYPES:
-        named = message_type[:80] if isinstance(message_type, str) and message_type else "unnamed"
+        named = shown(message_type)[1:-1] if isinstance(message_type, str) and message_type else "unnamed"
         raise LaunchRefused(f"This tool does not handle {named} messages.")
     if claims.get(LTI + "version") != "1.3.0":
         raise LaunchRefused("Only LTI 1.3.0 launches are accepted.")
@@ -298,7 +298,7 @@ def _platform_instance(registration: LtiRegistration, claims: dict[str, Any]) ->
         defaults={
             key: value[:500]
             for key in ("name", "url", "contact_email", "description", "product_family_code", "version")
-            if isinstance(value := claim.get(key), str) and not has_control_characters(value)
+            if isinstance(value := claim.get(key), str) and not has_unsafe_characters(value)
         },
     )
     return instance

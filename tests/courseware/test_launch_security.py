@@ -499,3 +499,17 @@ def test_an_absurd_expiry_is_harmless(connected):
     token = jwt.encode(claims_for(connected, login, exp=10**30), pem, algorithm="RS256", headers={"kid": kid})
     assert post(http, login, token).status_code == 404
     assert post(http, login, token).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "overrides,status,reason",
+    [
+        ({"lti_message_type": "\ud800"}, 400, "does not handle \\ud800 messages"),
+        ({"lti_message_type": ["LtiResourceLinkRequest"]}, 400, "does not handle unnamed messages"),
+        ({"iss": "\ud800"}, 401, "issuer or audience is malformed"),
+        ({"aud": "client\ud800"}, 401, "issuer or audience is malformed"),
+    ],
+    ids=["surrogate-message-type", "list-message-type", "surrogate-iss", "surrogate-aud"],
+)
+def test_text_that_is_not_unicode_is_refused_and_shown_escaped(connected, overrides, status, reason):
+    refused(connected, expect_status=status, expect_reason=reason, **overrides)
