@@ -221,9 +221,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # No log line carries a private key, bearer token or signed assertion (institutions.redaction).
+    "filters": {"redact_secrets": {"()": "institutions.redaction.RedactSecrets"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # "django" drops Django's default handlers (unfiltered); its records reach the root's filtered one.
+    "loggers": {"django.server": {"level": "WARNING"}, "django": {"handlers": [], "level": "INFO"}},
 }
 
 # The public base URL of this tool, used in the configuration handed to LMS admins when a

@@ -18,6 +18,7 @@ from lti_tool.models import LtiUser
 
 from institutions.admin import GradePolicyForm, InstitutionAdmin
 from institutions.models import Course, GradePolicy, Institution
+from institutions.redaction import redact
 from institutions.services import CHANGE_GRADE_POLICY_PERMISSION, change_grade_policy
 
 from . import diagnostics, resync
@@ -60,7 +61,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 class DeliveryExchangeInline(admin.TabularInline):
     model = DeliveryExchange
-    fields = ["attempted_at", "status_code", "outcome", "score_given", "score_maximum", "timestamp_sent", "duration_ms", "message"]
+    fields = ["attempted_at", "status_code", "outcome", "score_given", "score_maximum", "timestamp_sent", "duration_ms", "lms_message"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -68,6 +69,10 @@ class DeliveryExchangeInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description=_("message"))
+    def lms_message(self, exchange: DeliveryExchange) -> str:
+        return redact(exchange.message)  # the LMS's answer, with any token it echoed masked
 
 
 def learner_link(lti_user: LtiUser | None) -> str:
@@ -93,6 +98,16 @@ class DeliveryAdmin(IndexedSearchMixin, ReadOnlyAdmin):
     sortable_by = ["id", "course", "updated_at"]  # the pk, delivery_course_user_act_idx, delivery_window_idx
     inlines = [DeliveryExchangeInline]
     actions = ["resync_delivery", "resync_learner", "resync_activity", "resync_course"]
+    readonly_fields = ["lms_last_message"]
+
+    def get_fields(self, request: HttpRequest, obj=None) -> list:
+        # The LMS's last answer is shown through redact, in the stored field's place.
+        fields = [name for name in super().get_fields(request, obj) if name != "lms_last_message"]
+        return ["lms_last_message" if name == "last_message" else name for name in fields]
+
+    @admin.display(description=_("last message"))
+    def lms_last_message(self, delivery: Delivery) -> str:
+        return redact(delivery.last_message)
 
     def has_resync_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(resync.RESYNC_PERMISSION)

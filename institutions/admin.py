@@ -21,7 +21,9 @@ from lti_tool.models import Key, LtiDeployment, LtiRegistration
 
 from . import services, tool_configuration
 from .audit import institution_of, record_staff_change
+from .keys import fingerprint, public_pem
 from .models import AuditEntry, Course, CourseDatesSource, DeploymentOwnership, GradePolicy, Institution, RegistrationProfile
+from .redaction import redact
 
 
 class AuditedAdminMixin:
@@ -87,6 +89,11 @@ class AuditedAdminMixin:
             super().delete_queryset(request, queryset)  # type: ignore[misc]
 
 
+def change_text(entry: AuditEntry) -> str:
+    """An audit entry's changes as "field: old → new; …" (redacted again: rows predating redaction stay safe)."""
+    return redact("; ".join(f"{field}: {old} → {new}" for field, (old, new) in entry.changes.items()))
+
+
 def audit_history_html(entries: list[AuditEntry]) -> str:
     if not entries:
         return format_html("<em>{}</em>", _("No changes recorded yet."))
@@ -98,7 +105,7 @@ def audit_history_html(entries: list[AuditEntry]) -> str:
                 entry.acted_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
                 entry.actor_name,
                 entry.action,
-                "; ".join(f"{field}: {old} → {new}" for field, (old, new) in entry.changes.items()),
+                change_text(entry),
             )
             for entry in entries
         ),
@@ -260,13 +267,85 @@ class RegistrationDeploymentInline(admin.TabularInline):
         return str(ownership.institution) if ownership else _("— pending assignment —")
 
 
+class WriteOnlyTextarea(forms.Textarea):
+    """A textarea that never renders a value: what is stored (or was just pasted) is not sent back."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
+class WriteOnlyKeyField(forms.CharField):
+    """A key PEM that can be replaced but is never shown; blank keeps the stored key."""
+
+    widget = WriteOnlyTextarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"})
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return bool((data or "").strip())
+
+
 class RegistrationForm(forms.ModelForm):
+    """The registration, with its static key pair write-only (shown as a fingerprint, see RegistrationAdmin).
+
+    A registration's own key pair signs its service token requests and deep-linking answers
+    (institutions.keys.tool_signing_key), so staff may set one; without it the tool's published keys sign.
+    """
+
+    public_key = WriteOnlyKeyField(
+        required=False, label=_("public key"),
+        help_text=_("Optional: derived from the private key. Paste a PEM to replace the stored one; leave blank to keep it."),
+    )
+    private_key = WriteOnlyKeyField(
+        required=False, label=_("private key"),
+        help_text=_("Paste a PEM to replace the stored one: it is never shown again. Leave blank to keep it."),
+    )
+    remove_key_pair = forms.BooleanField(
+        required=False, label=_("Remove the static key pair"),
+        help_text=_("The tool's published keys (JWKS) then sign for this registration."),
+    )
+
     class Meta:
         model = LtiRegistration
         fields = "__all__"
 
+    @property
+    def changed_data(self) -> list[str]:
+        # A key field changed when its resulting value differs from the stored one (removal included).
+        changed = [name for name in super().changed_data if name not in ("public_key", "private_key", "remove_key_pair")]
+        if hasattr(self, "cleaned_data"):
+            changed += [
+                name for name in ("public_key", "private_key")
+                if name in self.cleaned_data and self.cleaned_data[name] != (self.initial.get(name) or "")
+            ]
+        return changed
+
+    def _clean_key_pair(self, cleaned: dict) -> None:
+        pasted_private, pasted_public = cleaned.get("private_key") or "", cleaned.get("public_key") or ""
+        if cleaned.get("remove_key_pair"):
+            if pasted_private or pasted_public:
+                self.add_error("remove_key_pair", _("Either paste a new key pair or remove the key pair, not both."))
+            cleaned["private_key"] = cleaned["public_key"] = ""
+            return
+        if "PRIVATE KEY" in pasted_public:
+            self.add_error("public_key", _("This is a private key: paste it in the private key box."))
+            pasted_public = ""
+        elif pasted_public and not public_pem(pasted_public):
+            self.add_error("public_key", _("Not a readable public key: paste the whole PEM, BEGIN and END lines included."))
+            pasted_public = ""
+        if pasted_private and ("PRIVATE KEY" not in pasted_private or not public_pem(pasted_private)):
+            self.add_error("private_key", _("Not a readable private key: paste the whole PEM, BEGIN and END lines included."))
+            pasted_private = ""
+        private = pasted_private or self.instance.private_key or ""
+        public = pasted_public or (public_pem(pasted_private) if pasted_private else "") or self.instance.public_key or ""
+        if private and public and fingerprint(private) != fingerprint(public):
+            self.add_error(
+                "private_key" if pasted_private else "public_key",
+                _("The public key does not belong to the private key (their fingerprints differ)."),
+            )
+        cleaned["private_key"], cleaned["public_key"] = private, public
+
     def clean(self) -> dict:
         cleaned = super().clean()
+        self._clean_key_pair(cleaned)
         issuer = cleaned.get("issuer") or ""
         if issuer:
             try:
@@ -290,9 +369,35 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
     list_filter = ["profile__lms_family", "is_active"]
     list_select_related = ["profile"]
     search_fields = ["name", "issuer", "client_id"]
-    readonly_fields = ["uuid"]
+    readonly_fields = ["uuid", "key_fingerprint"]
     inlines = [RegistrationProfileInline, RegistrationDeploymentInline]
     change_form_template = "admin/lti_tool/ltiregistration/change_form.html"
+
+    def get_fieldsets(self, request: HttpRequest, obj: LtiRegistration | None = None) -> list:
+        main = BaseLtiRegistrationAdmin.fieldsets[0]  # django-lti's own fields; its key fieldset is replaced
+        # Key material is a fingerprint for everyone; who may change the registration may paste a new pair.
+        if obj is None:
+            key_fields = ["public_key", "private_key"]
+        elif self.has_change_permission(request, obj):
+            key_fields = ["key_fingerprint", "public_key", "private_key", "remove_key_pair"]
+        else:
+            key_fields = ["key_fingerprint"]
+        return [
+            main,
+            (_("Static key pair"), {
+                "description": _("For platforms that cannot fetch the tool's JWKS. Private keys are never shown."),
+                "fields": key_fields,
+                "classes": ["collapse"],
+            }),
+        ]
+
+    @admin.display(description=_("key"))
+    def key_fingerprint(self, registration: LtiRegistration) -> str:
+        if not (registration.public_key or registration.private_key):
+            return _("No static key: the tool's published keys (JWKS) sign for this registration.")
+        shown = fingerprint(registration.public_key or registration.private_key)
+        stored = _("private key stored, never shown") if registration.private_key else _("no private key")
+        return f"{shown} ({stored})"
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return super().get_queryset(request).annotate(_deployments=Count("deployments"))
@@ -503,10 +608,10 @@ class CourseAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
 @admin.register(Key)
 class KeyAdmin(AuditedAdminMixin, admin.ModelAdmin):
-    list_display = ["kid", "is_active", "datetime_created"]
+    list_display = ["key_fingerprint", "is_active", "datetime_created"]
     list_filter = ["is_active"]
-    fields = ["kid", "is_active", "public_key", "datetime_created"]
-    readonly_fields = ["kid", "public_key", "datetime_created"]
+    fields = ["kid", "key_fingerprint", "is_active", "datetime_created"]
+    readonly_fields = ["kid", "key_fingerprint", "datetime_created"]
     actions = ["publish_new_key"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -516,11 +621,18 @@ class KeyAdmin(AuditedAdminMixin, admin.ModelAdmin):
     def kid(self, key: Key) -> str:
         return str(key)
 
+    @admin.display(description=_("fingerprint"))
+    def key_fingerprint(self, key: Key) -> str:
+        return fingerprint(key.public_key)  # the tool's private keys are shown to nobody
+
     @admin.action(description=_("Rotate: publish a new signing key beside the active ones"), permissions=["change"])
     def publish_new_key(self, request: HttpRequest, queryset: models.QuerySet) -> None:
         with transaction.atomic():
             key = Key.objects.generate()
-            record_staff_change(actor=request.user, action="key.created", obj=key, changes={"is_active": (None, True)})
+            record_staff_change(
+                actor=request.user, action="key.rotated", obj=key,
+                changes={"public_key": (None, key.public_key), "is_active": (None, True)},
+            )
         self.message_user(
             request,
             _("New key %s published. Deactivate the old key once LMSes have refetched the JWKS (a few days).") % key,
@@ -535,6 +647,9 @@ class AuditEntryAdmin(admin.ModelAdmin):
     search_fields = ["actor_name", "object_repr", "action"]
     date_hierarchy = "acted_at"
     show_full_result_count = False
+    # The changes as text (change_text), not the stored JSON.
+    fields = ["acted_at", "actor", "actor_name", "action", "institution", "content_type", "object_id", "object_repr",
+              "change_summary"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -547,4 +662,4 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("old → new"))
     def change_summary(self, entry: AuditEntry) -> str:
-        return "; ".join(f"{field}: {old} → {new}" for field, (old, new) in entry.changes.items())
+        return change_text(entry)

@@ -11,18 +11,33 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.utils.functional import Promise
 
+from .keys import fingerprint
 from .models import AuditEntry, Institution
+from .redaction import redact
+
+# Fields holding key material (django-lti's Key and LtiRegistration): audited as fingerprints only.
+KEY_FIELDS = frozenset({"private_key", "public_key"})
 
 
 def audit_value(value: Any) -> Any:
     """A JSON-safe, human-readable form of a field value."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, str):
+        return redact(value)  # a secret pasted into any field never reaches the trail
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (models.Model, Promise, datetime.datetime, datetime.date, decimal.Decimal, uuid.UUID)):
         return str(value)
     if isinstance(value, (list, tuple, set, models.QuerySet)):
         return [audit_value(v) for v in value]
     return str(value)
+
+
+def key_change(old: Any, new: Any) -> list[str]:
+    """[old, new] for a key field: fingerprints and what happened, never the key itself."""
+    before = fingerprint(old or "") or "none"
+    if not new:
+        return [before, "removed"]
+    return [before, f"{'set' if before == 'none' else 'changed'}: {fingerprint(new)}"]
 
 
 def record_staff_change(
@@ -43,7 +58,10 @@ def record_staff_change(
         content_type=ContentType.objects.get_for_model(obj, for_concrete_model=False) if obj is not None else None,
         object_id=str(obj.pk) if obj is not None else "",
         object_repr=str(obj)[:300] if obj is not None else "",
-        changes={field: [audit_value(old), audit_value(new)] for field, (old, new) in (changes or {}).items()},
+        changes={
+            field: key_change(old, new) if field in KEY_FIELDS else [audit_value(old), audit_value(new)]
+            for field, (old, new) in (changes or {}).items()
+        },
     )
 
 
