@@ -513,3 +513,33 @@ def test_an_absurd_expiry_is_harmless(connected):
 )
 def test_text_that_is_not_unicode_is_refused_and_shown_escaped(connected, overrides, status, reason):
     refused(connected, expect_status=status, expect_reason=reason, **overrides)
+
+
+def test_behind_a_tls_proxy_the_state_and_nonce_live_under_the_login_session_cookie(connected, settings):
+    """Over https pylti1p3 keys what the login remembers by its session-id cookie: the launch from the
+    browser that logged in is verified; the same state and nonce from a browser without it are refused."""
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    proxied = {"X-Forwarded-Proto": "https"}
+    start = api.start_launch(user=connected.students[0], resource_link=connected.seeded.resource_link)
+    response = lms.browser().post(start.url, data=start.params, headers=proxied, allow_redirects=False, timeout=10)
+    assert response.status_code == 302
+    login = {k: v[0] for k, v in parse_qs(urlsplit(response.headers["Location"]).query).items()}
+    cookies = {name: value for name, value in response.cookies.items()}  # Secure cookies: passed by hand
+    assert "lti1p3-session-id" in cookies and f"lti1p3-{login['state']}" in cookies
+    pem, kid = platform_key(connected)
+    claims = claims_for(connected, login, lti_target_link_uri=start.params["target_link_uri"])
+    token = jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid})
+    plain_http_to_the_proxy = login["redirect_uri"].replace("https://", "http://", 1)
+
+    def launch(cookie_names):
+        header = "; ".join(f"{name}={cookies[name]}" for name in cookie_names)
+        return lms.browser().post(plain_http_to_the_proxy, data={"id_token": token, "state": login["state"]},
+                                  headers={**proxied, "Cookie": header}, allow_redirects=False, timeout=10)
+
+    before = rows()
+    assert_refused(launch([f"lti1p3-{login['state']}"]), before, status=401, reason="did not keep the login session cookie")
+    other_session = lms.browser().post(start.url, data=start.params, headers=proxied, allow_redirects=False, timeout=10)
+    cookies["lti1p3-session-id"], mine = other_session.cookies["lti1p3-session-id"], cookies["lti1p3-session-id"]
+    assert_refused(launch(list(cookies)), before, status=401, reason="expired or was not made by this tool")
+    cookies["lti1p3-session-id"] = mine
+    assert launch(list(cookies)).status_code == 404  # verified: the sandbox's link has no activity
