@@ -6,7 +6,9 @@ else (admin, JWKS) is never framed; a refusal before the launch is verified may 
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
 
 import pytest
 import requests
@@ -210,3 +212,37 @@ def test_the_extra_origins_of_a_registration_are_origins_only():
     for wrong in ("https://lms.school.edu/path", "https://a.edu; script-src *", "*", "'self'", "ftp://a.edu"):
         with pytest.raises(ValidationError):
             validate_frame_origins(wrong)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not (os.path.exists("/usr/bin/chromium") or shutil.which("chromium")), reason="Chromium is not installed")
+def test_the_players_presence_script_runs_in_chromium_under_the_policy(live_server, two_institutions, monkeypatch):
+    """The nonce'd inline script of a reading pings the server; the browser reports no policy violation."""
+    from playwright.sync_api import sync_playwright
+
+    from courseware import services
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    monkeypatch.setattr(services, "PING_INTERVAL_SECONDS", 1)
+    reading = ActivityFactory(slug="framing-browser-reading", title="Reading in Chromium", kind=ActivityKind.READING)
+    connected = lms.connect(live_server.url, two_institutions[0], profile="canvas")
+    link = connected.seeded.resource_link
+    link.custom = {**link.custom, "activity_id": str(reading.pk)}
+    link.save(update_fields=["custom"])
+    initiation = api.start_launch(user=connected.students[0], resource_link=link)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium"),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+        )
+        page = browser.new_page()
+        violations = []
+        page.on("console", lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
+        with page.expect_response(lambda response: "/presence/" in response.url, timeout=20000) as pinged:
+            page.goto(initiation.get_url)
+        assert pinged.value.status == 200
+        assert "Reading in Chromium" in page.content()
+        browser.close()
+
+    assert violations == []
