@@ -2,8 +2,11 @@
 
 pylti1p3 leaves gaps (it does not verify `aud`/`azp`, allows no `iat` skew, never consumes
 nonces, and django-lti creates deployments while validating); this module closes them and
-owns the order: every check of the 1EdTech Security Framework §5.1.3 first, then the tenant
-checks. Each refusal carries a reason a person can read and an HTTP status.
+owns the order: the POST's shape, then every check of the 1EdTech Security Framework §5.1.3
+(the token must also answer the login of its state: that login's nonce, registration and
+target_link_uri, see login.py), then the tenant checks. Each refusal carries a reason a person
+can read and an HTTP status. The unverified claims are read only to find the registration and
+key; the same payload is then verified, so checks made on them hold for the signed token.
 """
 from __future__ import annotations
 
@@ -88,7 +91,9 @@ def _unverified(id_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise LaunchRefused("The launch token's header names no key (kid), or not as a short string.", status=401)
     for name in ("iat", "exp", "nbf"):
         value = claims.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value))
+        ):
             raise LaunchRefused(f"The launch token's {name} is not a number of seconds since 1970.", status=401)
     return header, claims
 
@@ -195,7 +200,10 @@ def _check_login(message_launch: DjangoMessageLaunch, registration: LtiRegistrat
 def _consume_nonce(nonce: str, expires_at: float) -> None:
     # Consumed once: a replayed id_token finds the nonce already used. Remembered as long as the token
     # could still pass the exp and iat checks.
-    ttl = int(min(max(expires_at - time.time(), 0), MAX_TOKEN_AGE_SECONDS)) + IAT_LEEWAY_SECONDS + 60
+    now = time.time()
+    # Compared before subtracting: an exp of 10**400 is a valid integer but no float.
+    remaining = MAX_TOKEN_AGE_SECONDS if expires_at > now + MAX_TOKEN_AGE_SECONDS else max(expires_at - now, 0)
+    ttl = int(remaining) + IAT_LEEWAY_SECONDS + 60
     if not cache.add(f"lti:nonce-used:{nonce}", 1, ttl):
         raise LaunchRefused("This launch was already used (a replayed token). Launch again from the LMS.", status=401)
 
