@@ -14,8 +14,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_post_parameters
 from lti_tool.admin import LtiRegistrationAdmin as BaseLtiRegistrationAdmin
 from lti_tool.models import Key, LtiDeployment, LtiRegistration
 
@@ -390,6 +392,10 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
                 "classes": ["collapse"],
             }),
         ]
+
+    @method_decorator(sensitive_post_parameters("private_key"))  # kept out of Django's error reports too
+    def changeform_view(self, *args: Any, **kwargs: Any) -> HttpResponse:
+        return super().changeform_view(*args, **kwargs)
 
     @admin.display(description=_("key"))
     def key_fingerprint(self, registration: LtiRegistration) -> str:

@@ -388,6 +388,19 @@ def test_logs_never_carry_keys_tokens_or_assertions(log_output):
     assert written.count("[redacted]") >= 6
 
 
+def test_a_celery_worker_s_own_log_handlers_redact_too():
+    """A worker replaces the root logger's handlers with its own; after_setup_logger filters them."""
+    from celery.signals import after_setup_logger
+
+    stream = io.StringIO()
+    worker_log = logging.getLogger("tests.celery-worker-root")
+    worker_log.addHandler(logging.StreamHandler(stream))
+    worker_log.propagate = False
+    after_setup_logger.send(sender=None, logger=worker_log, loglevel=logging.INFO, logfile=None, format="", colorize=False)
+    worker_log.warning("POST token: Authorization: Bearer %s", ACCESS_TOKEN)
+    assert "Bearer [redacted]" in stream.getvalue() and ACCESS_TOKEN not in stream.getvalue()
+
+
 def test_log_records_without_secrets_are_untouched(log_output):
     logging.getLogger("gradesync.services").warning("delivery %s sent in %d ms", 42, 120)
     assert "delivery 42 sent in 120 ms" in log_output.getvalue()
