@@ -22,10 +22,13 @@ EXPLAINED = {
 }
 
 
-def _production(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CACHE_URL"}}
+def _production(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A production start's environment; its database and cache in tmp_path (nothing here touches them)."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", "CELERY_BROKER_URL"}}
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        CACHE_URL=f"filecache://{tmp_path / 'cache'}",
         DEBUG="False",
         SECRET_KEY=secrets.token_urlsafe(50),
         BEHIND_TLS_PROXY="True",
@@ -42,8 +45,8 @@ def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_check_deploy_is_clean_behind_a_tls_proxy():
-    env = _production()
+def test_check_deploy_is_clean_behind_a_tls_proxy(tmp_path):
+    env = _production(tmp_path)
     check = _manage("check", "--deploy", "--fail-level", "WARNING", env=env)
 
     assert check.returncode == 0, check.stdout + check.stderr
@@ -54,21 +57,21 @@ def test_check_deploy_is_clean_behind_a_tls_proxy():
     assert set(json.loads(silenced.stdout.strip().splitlines()[-1])) <= set(EXPLAINED)
 
 
-def test_the_deploy_check_still_catches_a_missing_https_setting():
+def test_the_deploy_check_still_catches_a_missing_https_setting(tmp_path):
     """The silenced warnings hide nothing else: turning HSTS off is reported."""
-    check = _manage("check", "--deploy", "--fail-level", "WARNING", env=_production(SECURE_HSTS_SECONDS="0"))
+    check = _manage("check", "--deploy", "--fail-level", "WARNING", env=_production(tmp_path, SECURE_HSTS_SECONDS="0"))
 
     assert check.returncode != 0 and "security.W004" in check.stdout + check.stderr
 
 
-def test_behind_a_tls_proxy_cookies_are_secure_and_https_is_strict():
+def test_behind_a_tls_proxy_cookies_are_secure_and_https_is_strict(tmp_path):
     script = (
         "import json; from django.conf import settings; from django.test import Client; "
         "r = Client().get('/no-such-page/', HTTP_X_FORWARDED_PROTO='https'); "
         "print(json.dumps({'hsts': r.headers.get('Strict-Transport-Security', ''), "
         "'session_secure': settings.SESSION_COOKIE_SECURE, 'csrf_secure': settings.CSRF_COOKIE_SECURE}))"
     )
-    shown = _manage("shell", "-c", script, env=_production())
+    shown = _manage("shell", "-c", script, env=_production(tmp_path))
 
     assert shown.returncode == 0, shown.stderr
     facts = json.loads(shown.stdout.strip().splitlines()[-1])
