@@ -68,9 +68,12 @@ def main() -> int:
     from django_otp import DEVICE_ID_SESSION_KEY
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
+    from staff.middleware import mark_active
+
     device, _ = TOTPDevice.objects.get_or_create(user=user, name="bench", defaults={"confirmed": True})
     session = client.session
     session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    mark_active(session)  # the idle clock starts at sign-in, so no timed request writes the session
     session.save()
     institution = Institution.objects.filter(slug="bench-north").first() or Institution.objects.first()
     day_ago = (timezone.now() - timezone.timedelta(days=1)).isoformat(timespec="seconds")

@@ -24,6 +24,11 @@ def _now() -> int:
     return int(time.time())
 
 
+def mark_active(session) -> None:
+    """Start (or restart) the idle clock of a staff session: at sign-in, and on requests."""
+    session[LAST_SEEN_SESSION_KEY] = _now()
+
+
 class StaffIdleTimeoutMiddleware:
     """After AuthenticationMiddleware and MessageMiddleware."""
 
@@ -43,5 +48,5 @@ class StaffIdleTimeoutMiddleware:
                     messages.warning(request, f"You were signed out after {minutes} minutes without activity. Sign in again.")
                     return redirect_to_login(request.get_full_path(), admin_login)
             elif last_seen is None or now - last_seen >= WRITE_EVERY_SECONDS:
-                request.session[LAST_SEEN_SESSION_KEY] = now
+                mark_active(request.session)
         return self.get_response(request)

@@ -21,6 +21,8 @@ from django.utils import timezone
 from django_otp import login as otp_login
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from .middleware import mark_active
+
 DEVICE_NAME = "Authenticator app"
 
 
@@ -96,5 +98,6 @@ def verify_code(request: HttpRequest, device: TOTPDevice, code: str) -> None:
         device.save(update_fields=["confirmed"])
     request.session.cycle_key()
     otp_login(request, device)
+    mark_active(request.session)
     # A complete sign-in clears this person's failed attempts (passwords and codes).
     AxesProxyHandler.reset_attempts(username=user.get_username(), ip_address=get_client_ip_address(request))
