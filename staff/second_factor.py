@@ -19,11 +19,15 @@ from django.contrib.auth.signals import user_login_failed
 from django.http import HttpRequest
 from django.utils import timezone
 from django_otp import login as otp_login
+from django_otp.models import Device
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from .middleware import mark_active
 
 DEVICE_NAME = "Authenticator app"
+BACKUP_DEVICE_NAME = "Backup codes"
+BACKUP_CODES = 10
 
 
 class CodeRefused(Exception):
@@ -70,13 +74,31 @@ def qr_svg(device: TOTPDevice) -> str:
     return image.to_string(encoding="unicode")
 
 
-def verify_code(request: HttpRequest, device: TOTPDevice, code: str) -> None:
-    """Accept `code` for the signed-in user's `device` and mark the session verified.
+def issue_backup_codes(user: Any) -> list[str]:
+    """New single-use backup codes (replacing any earlier ones), shown once at enrolment."""
+    StaticDevice.objects.filter(user=user).delete()
+    device = StaticDevice.objects.create(user=user, name=BACKUP_DEVICE_NAME, confirmed=True)
+    codes = [StaticToken.random_token() for _ in range(BACKUP_CODES)]
+    StaticToken.objects.bulk_create(StaticToken(device=device, token=code) for code in codes)
+    return codes
+
+
+def _device_for(user: Any, device: TOTPDevice, code: str, *, backup_allowed: bool) -> Device:
+    """The authenticator for a 6-digit code; the backup codes for anything else (when allowed)."""
+    if backup_allowed and not (code.isdigit() and len(code) == device.digits):
+        return StaticDevice.objects.filter(user=user, confirmed=True).first() or device
+    return device
+
+
+def verify_code(request: HttpRequest, device: TOTPDevice, code: str, *, backup_allowed: bool = True) -> None:
+    """Accept `code` (from `device`, or a backup code) for the signed-in user and mark the session verified.
 
     Raises CodeRefused (wrong, reused or too-fast code) or LockedOut (the failed-login limit is
     reached: the user is signed out, and the password step refuses them until the cool-off ends).
     """
     user = request.user
+    code = "".join(code.split()).lower()
+    device = _device_for(user, device, code, backup_allowed=backup_allowed)
     credentials = {settings.AXES_USERNAME_FORM_FIELD: user.get_username()}
     if AxesProxyHandler.is_locked(request, credentials):
         logout(request)
@@ -87,12 +109,13 @@ def verify_code(request: HttpRequest, device: TOTPDevice, code: str) -> None:
         if data and data.get("locked_until"):
             wait = f" Wait {max(1, int((data['locked_until'] - timezone.now()).total_seconds()) + 1)} seconds, then"
         raise CodeRefused(f"Too many wrong codes in a row.{wait or ' Wait a moment, then'} enter the current code.")
-    if not device.verify_token("".join(code.split())):
+    if not device.verify_token(code):
         user_login_failed.send(sender=__name__, credentials=credentials, request=request)
         if getattr(request, "axes_locked_out", False) or AxesProxyHandler.is_locked(request, credentials):
             logout(request)
             raise LockedOut
-        raise CodeRefused("That code is not right. Enter the 6-digit code your authenticator app shows now.")
+        raise CodeRefused("That code is not right. Enter the 6-digit code your authenticator app shows now"
+                          + (", or an unused backup code." if backup_allowed else "."))
     if not device.confirmed:
         device.confirmed = True
         device.save(update_fields=["confirmed"])

@@ -17,13 +17,14 @@ from django.views.defaults import permission_denied as default_permission_denied
 
 from . import access
 from .second_factor import (
-    CodeRefused, LockedOut, confirmed_device, enrolment_device, needs_second_factor, qr_svg, secret_text, verify_code,
+    CodeRefused, LockedOut, confirmed_device, enrolment_device, issue_backup_codes, needs_second_factor, qr_svg, secret_text,
+    verify_code,
 )
 
 
 class CodeForm(forms.Form):
     code = forms.CharField(
-        label="6-digit code", max_length=12,
+        label="Code", max_length=12,
         widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True, "size": 8}),
     )
 
@@ -55,18 +56,18 @@ def _gate(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-def _check(request: HttpRequest, device, form: CodeForm) -> HttpResponse | None:
-    """Verify the posted code; a redirect on success or lockout, None to show the form again."""
+def _check(request: HttpRequest, device, form: CodeForm, *, backup_allowed: bool = True) -> bool | HttpResponse:
+    """Verify the posted code: True once verified, False to show the form again, or the lockout page."""
     if not form.is_valid():
-        return None
+        return False
     try:
-        verify_code(request, device, form.cleaned_data["code"])
+        verify_code(request, device, form.cleaned_data["code"], backup_allowed=backup_allowed)
     except CodeRefused as refused:
         form.add_error("code", str(refused))
-        return None
+        return False
     except LockedOut:
         return locked_out(request)
-    return HttpResponseRedirect(_next_url(request))
+    return True
 
 
 def second_factor(request: HttpRequest) -> HttpResponse:
@@ -77,8 +78,8 @@ def second_factor(request: HttpRequest) -> HttpResponse:
     if device is None:
         return HttpResponseRedirect(_same_query(reverse("admin:second_factor_enrol"), request))
     form = CodeForm(request.POST or None)
-    if request.method == "POST" and (done := _check(request, device, form)) is not None:
-        return done
+    if request.method == "POST" and (done := _check(request, device, form)):
+        return done if isinstance(done, HttpResponse) else HttpResponseRedirect(_next_url(request))
     return TemplateResponse(request, "admin/staff/second_factor.html", _context(request, "Second factor", form=form))
 
 
@@ -91,8 +92,11 @@ def enrol(request: HttpRequest) -> HttpResponse:
         return HttpResponseRedirect(_same_query(reverse("admin:second_factor"), request))
     device = enrolment_device(request.user)
     form = CodeForm(request.POST or None)
-    if request.method == "POST" and (done := _check(request, device, form)) is not None:
-        return done
+    if request.method == "POST" and (done := _check(request, device, form, backup_allowed=False)):
+        if isinstance(done, HttpResponse):
+            return done
+        codes = issue_backup_codes(request.user)
+        return TemplateResponse(request, "admin/staff/backup_codes.html", _context(request, "Your backup codes", codes=codes))
     context = _context(request, "Set up your second factor", form=form, qr_svg=qr_svg(device),
                        secret=secret_text(device), issuer=settings.OTP_TOTP_ISSUER)
     return TemplateResponse(request, "admin/staff/enrol.html", context)

@@ -73,6 +73,8 @@ def log_in(page, live_server, staff_user, role: str) -> None:
     key = base64.b32decode(secret + "=" * (-len(secret) % 8))
     page.fill("#id_code", f"{totp(key):06d}")
     page.click("#second-factor-form input[type=submit]")
+    assert page.locator("#backup-codes li").count() == 10
+    page.click("#continue")
     page.wait_for_selector("#grade-sync-support")
 
 

@@ -167,10 +167,30 @@ def test_the_first_sign_in_enrols_an_authenticator_with_a_qr_code(client, staff_
 
     allow_next_code(device)
     enrolled = send_code(client, code(device), url=reverse("admin:second_factor_enrol"))
-    assert enrolled.status_code == 302
+    assert enrolled.status_code == 200
     device.refresh_from_db()
     assert device.confirmed
+    assert len(enrolled.context["codes"]) == 10 and all(c in enrolled.content.decode() for c in enrolled.context["codes"])
     assert client.get(reverse("admin:index")).status_code == 200
+
+
+def test_a_backup_code_signs_in_once_instead_of_the_app(client, staff_member):
+    user = staff_member(SUPPORT, enrolled=False)
+    password_login(client, user.username)
+    client.get(reverse("admin:second_factor_enrol"))
+    device = TOTPDevice.objects.get(user=user)
+    backup = send_code(client, code(device), url=reverse("admin:second_factor_enrol")).context["codes"][0]
+    client.post(reverse("admin:logout"))
+
+    password_login(client, user.username)
+    assert send_code(client, backup.upper())["Location"] == reverse("admin:index")
+    assert client.get(reverse("admin:index")).status_code == 200
+    client.post(reverse("admin:logout"))
+
+    password_login(client, user.username)
+    reused = send_code(client, backup)
+    assert "That code is not right" in reused.content.decode()
+    assert client.get(reverse("admin:index")).status_code == 302
 
 
 def test_a_password_never_enrols_a_second_authenticator(client, staff_member):
