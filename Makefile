@@ -5,7 +5,7 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test serve demo worker beat web bench drills lint clean
+.PHONY: run test serve demo worker beat web bench drills fuzz lint clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: venv
 
 drills: venv
 	$(PY) scripts/drills.py $(DRILLS_ARGS)
+
+## Fuzz the LTI login and launch endpoints (Hypothesis, FUZZ_EXAMPLES in all; see docs/benchmarks.md).
+FUZZ_EXAMPLES ?= 10000
+fuzz: venv
+	@start=$$(date +%s); \
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -p no:randomly -q tests/courseware/test_fuzz_launch.py \
+		--hypothesis-show-statistics && \
+	echo "fuzz: $(FUZZ_EXAMPLES) examples, 0 failures, $$(( $$(date +%s) - start )) s"
 
 lint: venv
 	$(VENV)/bin/lint-imports

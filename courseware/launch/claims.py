@@ -159,13 +159,18 @@ def _is_http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+def _plain(name: str) -> str:
+    """A claim name the platform chose, as it may appear in a reason: printable and short."""
+    return name[:80] if name.isprintable() else repr(name)[:80]  # repr escapes control characters and surrogates
+
+
 def _text_anywhere(claims: dict[str, Any]) -> None:
     """NUL, unpaired surrogates, non-finite numbers and deep nesting, wherever they are."""
     stack: list[tuple[str, Any, int]] = [(name, value, 1) for name, value in claims.items()]
     stack += [(name, name, 1) for name in claims]  # member names are stored too (JSON columns)
     while stack:
         name, value, depth = stack.pop()
-        claim = name.rsplit("/", 1)[-1]
+        claim = _plain(name.rsplit("/", 1)[-1])
         if depth > DEPTH_MAX:
             raise LaunchRefused(f"The launch's {claim} claim is nested too deeply.")
         if isinstance(value, str):
