@@ -15,6 +15,12 @@ from institutions.roles import ROLE_RULES, STAFF_APPS
 
 # Model admin URL names end in one of these; the permission each needs.
 ADMIN_VERBS = {"add": "add", "change": "change", "delete": "delete", "changelist": "view", "history": "view"}
+# Pages the model admins add, by URL name -> the named permission their views check.
+NAMED_PAGES = {
+    "gradesync_resyncjob_resync": ("gradesync", "resync_grades"),
+    "gradesync_resyncjob_cancel": ("gradesync", "resync_grades"),
+    "institutions_institution_grade_policy": ("institutions", "change_grade_policy"),
+}
 # Support pages outside the model admins (gradesync.admin_support): URL name prefix -> permission.
 SUPPORT_PAGES = {"gradesync_": ("gradesync", "view_diagnostics")}
 
@@ -39,6 +45,8 @@ def permission_for_path(path: str) -> tuple[str, str] | None:
         return None
     name = match.url_name or ""
     if match.namespace == admin.site.name:
+        if name in NAMED_PAGES:
+            return NAMED_PAGES[name]
         for model in admin.site._registry:
             prefix = f"{model._meta.app_label}_{model._meta.model_name}_"
             if name.startswith(prefix) and name[len(prefix):] in ADMIN_VERBS:

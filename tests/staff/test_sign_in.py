@@ -335,6 +335,26 @@ def test_the_403_page_names_the_support_role_for_a_course_change(client_for):
     assert "This needs the Support role." in page.content.decode()
 
 
+@pytest.mark.parametrize("role", [READ_ONLY, INTEGRATION])
+def test_the_403_page_names_the_support_role_for_a_resync_and_a_grade_policy(client_for, two_institutions, role):
+    client = client_for(role)
+    north, _ = two_institutions
+
+    for url in [reverse("admin:gradesync_resyncjob_resync"), reverse("admin:institutions_institution_grade_policy", args=[north.pk])]:
+        page = client.get(url)
+        assert page.status_code == 403, url
+        assert "This needs the Support role." in page.content.decode(), url
+
+
+def test_no_authenticator_key_is_shown_in_the_admin(admin_client, staff_member):
+    device = staff_member(SUPPORT).totpdevice_set.get()
+
+    page = admin_client.get(reverse("admin:otp_totp_totpdevice_change", args=[device.pk]))
+
+    assert page.status_code == 200
+    assert device.key not in page.content.decode() and "qrcode" not in page.content.decode()
+
+
 def test_a_staff_member_without_a_role_is_told_which_roles_read_the_support_pages(client_for):
     page = client_for(None).get(reverse("gradesync_health"))
 
