@@ -24,6 +24,7 @@ from lti_tool.models import LtiRegistration
 from requests.adapters import HTTPAdapter
 
 from institutions.keys import tool_signing_key
+from institutions.redaction import redact
 
 SCORE_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
 LINEITEM_READ_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
@@ -53,9 +54,10 @@ class TokenError(Exception):
     """The LMS's token endpoint (or a line item query) refused or answered nonsense."""
 
     def __init__(self, message: str, status_code: int | None = None, body: str = "", headers: dict | None = None) -> None:
-        super().__init__(message)
+        # What an LMS answers here is kept and shown to support: a token in a malformed answer must not be.
+        super().__init__(redact(message))
         self.status_code = status_code
-        self.body = body
+        self.body = redact(body)
         self.headers = headers or {}
 
 

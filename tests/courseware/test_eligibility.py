@@ -9,6 +9,7 @@ from django.urls import reverse
 from courseware.models import Attempt
 from gradesync.models import Result
 
+from tests.conftest import sign_in_verified
 from tests.factories import CourseFactory
 
 from .test_quiz import take
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 def test_a_direct_login_attempt_is_recorded_not_eligible(client, staff_user, link_to, quiz):
     link = link_to(quiz)
-    client.force_login(staff_user(None, username="support-person"))
+    sign_in_verified(client, staff_user(None, username="support-person"))
 
     page = take(client, link, right=2)
 
@@ -129,3 +130,14 @@ def test_an_attempt_opened_from_another_course_and_finished_after_a_proper_launc
     assert (attempt.launch, attempt.eligible, attempt.ineligible_reason) == (north_launch, True, "")
     result = Result.objects.get()
     assert (result.launched_course, result.is_eligible) == (north_course, True)
+
+
+def test_a_staff_password_alone_cannot_play(client, staff_user, link_to, quiz):
+    """Staff play only once signed in as the admin requires: a password without the second factor plays nothing."""
+    link = link_to(quiz)
+    client.force_login(staff_user(None, username="support-person"))
+
+    page = client.get(reverse("courseware:play", kwargs={"link_id": link.pk}))
+
+    assert page.status_code == 403 and "Open this activity from your LMS course" in page.content.decode()
+    assert not Attempt.objects.exists()

@@ -20,6 +20,7 @@ from courseware.models import ActivityKind, Launch
 from institutions.models import RegistrationProfile, validate_frame_origins
 from sandbox_lms import api
 from tests import lms
+from tests.conftest import sign_in_verified
 from tests.courseware_factories import ActivityFactory, QuestionFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -169,7 +170,7 @@ def test_a_player_page_without_a_launch_is_framed_by_this_site_only(client, staf
     play = reverse("courseware:play", kwargs={"link_id": link.pk})
 
     refused = client.get(play)  # no launch in this session (e.g. the LMS frame lost its cookies): a refusal
-    client.force_login(staff_user(None, username="support-person"))
+    sign_in_verified(client, staff_user(None, username="support-person"))
     preview = client.get(play)
 
     assert refused.status_code == 403 and refused.headers["Content-Security-Policy"].count("frame-ancestors *") == 1

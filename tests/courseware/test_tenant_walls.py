@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from courseware.models import ActivityKind, Attempt, AttemptAllowance, Launch
 from gradesync.models import Delivery, ResyncJob, Result
+from tests.conftest import sign_in_verified
 from tests.courseware_factories import ActivityFactory
 
 pytestmark = pytest.mark.django_db
@@ -168,7 +169,7 @@ def test_a_link_of_another_course_of_the_same_institution_still_plays_ineligible
 
 def test_staff_logged_in_directly_still_open_any_institutions_link(client, staff_user, tenants):
     client.logout()  # no launch in this session
-    client.force_login(staff_user(None, username="support-person"))
+    sign_in_verified(client, staff_user(None, username="support-person"))
 
     north = client.get(reverse("courseware:play", kwargs={"link_id": tenants["north"]["quiz_link"].pk}))
     south = client.get(reverse("courseware:play", kwargs={"link_id": tenants["south"]["quiz_link"].pk}))

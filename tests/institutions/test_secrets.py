@@ -427,3 +427,14 @@ def test_the_tool_configuration_shows_only_public_values(world, client_for):
     body = page.content.decode()
     assert leaks(body, every_private_key(world)) == [] and "PUBLIC KEY" not in body
     assert "/lti/jwks/" in json.loads(page.context["canvas_json"])["public_jwk_url"]
+
+
+def test_a_token_in_an_lms_answer_is_masked_where_it_is_kept():
+    """A token endpoint answering a token with an error status: what support will read holds no token."""
+    from gradesync import ags
+
+    body = '{"access_token": "live-token-abc123", "token_type": "Bearer"}'
+    error = ags.TokenError(f"token endpoint answered 400: {body}", 400, body, {})
+
+    assert "live-token-abc123" not in str(error) and "live-token-abc123" not in error.body
+    assert "token endpoint answered 400" in str(error)
