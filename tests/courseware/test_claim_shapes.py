@@ -142,6 +142,7 @@ WRONG_SHAPES = [
     ("NaN in an extension claim", {(LTI + "lis", "score"): float("nan")}, "lis claim contains a number that is not finite"),
     ("NUL in a custom value", {(LTI + "custom", "note"): "a\x00b"}, "custom claim contains a NUL character"),
     ("unpaired surrogate in a title", {(LTI + "context", "title"): "Net\ud800"}, "context claim contains text that is not valid Unicode"),
+    ("a claim named with an unpaired surrogate", {"x-\ud800": "v"}, "The launch's 'x-\\ud800' claim contains text that is not valid Unicode"),
     ("nesting too deep", {(LTI + "custom", "deep"): nested(20)}, "custom claim is nested too deeply"),
 ]
 
