@@ -19,7 +19,7 @@ batches within `fast.LOG_FLUSH_SECONDS`; `request_log` below flushes this proces
 `sandbox_lms.server_settings` is the project's settings with only what the sandbox needs
 (no session, CSRF or auth middleware; the sandbox's urls at `/sandbox-lms/`). Seed it from
 another process against the same database with `seed_platform(base_url="http://127.0.0.1:8100/sandbox-lms", ...)`:
-the server trusts changes to registrations within a second (`services.CONFIG_TTL`).
+the server trusts changes to registrations within a second (`caches.CONFIG_TTL`).
 `scripts/sandbox_bench.py` starts such a server and measures the scores endpoint.
 """
 from __future__ import annotations
@@ -32,7 +32,11 @@ from typing import Any
 import requests
 from django.utils import timezone
 
-from . import fast, services
+from . import fast
+from .behaviour import FAULT_FIELDS, set_faults
+from .caches import forget_caches, reset_rate_limits
+from .courses import copy_course, gradebook, grades, move_course
+from .launches import LoginInitiation, start_launch
 from .models import (
     Profile,
     Role,
@@ -46,33 +50,22 @@ from .models import (
     SandboxResult,
     SandboxUser,
 )
-from .services import (
-    FAULT_FIELDS,
-    SCORE_MEDIA_TYPE,
-    SUPPORTED_SCOPES,
-    LoginInitiation,
+from .platform import (
     add_deployment,
     add_resource_link,
     configure_registration,
-    copy_course,
     create_course,
     create_line_item,
     create_platform,
     create_user,
     enrol,
-    forget_caches,
-    gradebook,
-    grades,
     line_item_url,
     line_items_url,
-    move_course,
     platform_jwks,
     register_tool,
-    reset_rate_limits,
     rotate_platform_key,
-    set_faults,
-    start_launch,
 )
+from .protocol import SCORE_MEDIA_TYPE, SUPPORTED_SCOPES
 
 __all__ = [
     "FAULT_FIELDS", "SCORE_MEDIA_TYPE", "SUPPORTED_SCOPES", "LoginInitiation", "Profile", "Role", "Seeded",

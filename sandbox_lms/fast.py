@@ -1,7 +1,7 @@
 """The scores endpoint's fast path: a tiny WSGI front before Django, for the sandbox's own server.
 
 `ScoresFront(django_app)` answers `POST /sandbox-lms/api/lineitems/<pk>/lineitem/scores` itself
-and hands every other request to Django. The exchange is Django's view's (`services.scores_exchange`:
+and hands every other request to Django. The exchange is Django's view's (`ags_scores.scores_exchange`:
 token, registration and line item from process memory, faults, throttling, every validation and
 profile rule, one upsert statement); what differs is the plumbing:
 
@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 
 from django.db import connection
 
-from . import services
+from . import ags_scores, behaviour, request_logging
 
 SCORES_PATH = re.compile(r"/sandbox-lms/api/lineitems/(\d+)/lineitem/scores")
 LOG_FLUSH_SECONDS = 0.05
@@ -151,7 +151,7 @@ def database() -> Any:
     """The fast path's database: the pool on PostgreSQL, else Django's connection (SQLite, the demo)."""
     global _pool
     if connection.vendor != "postgresql":
-        return services.DjangoDB()
+        return ags_scores.DjangoDB()
     if _pool is None:
         _pool = Pool()
     return _pool
@@ -216,7 +216,7 @@ class LogWriter:
                 else:
                     adapt = connection.ops.adapt_datetimefield_value
                     with connection.cursor() as cursor:
-                        cursor.executemany(services._LOG_INSERT_SQL, [[*r[:-1], adapt(r[-1])] for r in rows])
+                        cursor.executemany(request_logging._LOG_INSERT_SQL, [[*r[:-1], adapt(r[-1])] for r in rows])
             except BaseException:
                 with self._lock:
                     self._rows[:0] = rows
@@ -285,7 +285,7 @@ class ScoresFront:
         body = environ["wsgi.input"].read(length) if length > 0 else b""
         query_string = environ.get("QUERY_STRING", "")
         try:
-            exchange = services.scores_exchange(
+            exchange = ags_scores.scores_exchange(
                 line_item_id=pk, authorization=environ.get("HTTP_AUTHORIZATION"),
                 content_type=environ.get("CONTENT_TYPE", ""), body=body,
                 query=dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}, db=database(),
@@ -296,14 +296,14 @@ class ScoresFront:
                 # close it, or every short-lived client connection would leave one open.
                 connection.close()
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        LOG.add(services.log_row(
+        LOG.add(request_logging.log_row(
             registration_id=exchange.registration_id, kind="scores", method="POST",
             path=f"{path}?{query_string}" if query_string else path, headers=_Headers(environ), request_body=body,
             status=None if exchange.dropped else exchange.status, response_body=exchange.body,
             note="connection dropped (fault)" if exchange.dropped else "",
         ))
         if exchange.dropped:
-            services.drop_connection(environ)
+            behaviour.drop_connection(environ)
             start_response("499 Client Closed Request", [("Content-Length", "0")])
             return [b""]
         headers = [("Content-Type", exchange.content_type), ("Content-Length", str(len(exchange.body)))]

@@ -1,4 +1,5 @@
-"""Thin views over `sandbox_lms.services`: the LMS pages a person clicks, and the platform's endpoints.
+"""Thin views over the sandbox's protocol modules (`launches`, `tokens`, `ags_scores`, …): the LMS
+pages a person clicks, and the platform's endpoints.
 
 Service endpoints are CSRF-exempt and session-free. Browser pages pick the acting user from a
 signed cookie (a sandbox: no passwords). Every page says it is not for production.
@@ -15,7 +16,20 @@ from django.urls import reverse
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 
-from . import fast, services
+from . import (
+    ags_line_items,
+    ags_scores,
+    behaviour,
+    caches,
+    courses,
+    deep_linking,
+    fast,
+    launches,
+    platform,
+    protocol,
+    request_logging,
+    tokens,
+)
 from .models import (
     Profile,
     Role,
@@ -61,23 +75,23 @@ def _serve(
     extra_headers: dict[str, str] = {}
     try:
         if registration is not None:
-            services.apply_faults(registration)
-            extra_headers = services.throttle(registration)
+            behaviour.apply_faults(registration)
+            extra_headers = behaviour.throttle(registration)
         response = handler()
-    except services.ApiError as error:
+    except protocol.ApiError as error:
         response = _answer(error.body, status=error.status, content_type=error.content_type,
                            headers=error.headers, reason=error.reason)
-    except services.DropConnection:
-        services.log_exchange(
+    except protocol.DropConnection:
+        request_logging.log_exchange(
             registration_id=registration.pk if registration else None, kind=kind, method=request.method,
             path=request.get_full_path(), headers=request.headers, request_body=request.body, status=None,
             response_body="", note="connection dropped (fault)",
         )
-        services.drop_connection(request.META)
+        behaviour.drop_connection(request.META)
         return HttpResponse(status=499)
     for name, value in extra_headers.items():
         response.setdefault(name, value)
-    services.log_exchange(
+    request_logging.log_exchange(
         registration_id=registration.pk if registration else None, kind=kind, method=request.method,
         path=request.get_full_path(), headers=request.headers, request_body=request.body,
         status=response.status_code, response_body=response.content,
@@ -85,10 +99,10 @@ def _serve(
     return response
 
 
-def _bearer(request: HttpRequest, kind: str) -> tuple[services.TokenInfo | None, HttpResponse | None]:
+def _bearer(request: HttpRequest, kind: str) -> tuple[caches.TokenInfo | None, HttpResponse | None]:
     try:
-        return services.authenticate(request.headers.get("Authorization")), None
-    except services.ApiError as error:
+        return tokens.authenticate(request.headers.get("Authorization")), None
+    except protocol.ApiError as error:
         return None, _serve(request, kind, None, lambda: (_ for _ in ()).throw(error))
 
 
@@ -98,7 +112,7 @@ def _query(request: HttpRequest) -> dict[str, str]:
 
 @csrf_exempt
 def jwks(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(services.platform_jwks())
+    return JsonResponse(platform.platform_jwks())
 
 
 @csrf_exempt
@@ -106,11 +120,11 @@ def token(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     form = {key: value for key, value in request.POST.items()}
-    registration = services.registration_for_assertion(form.get("client_assertion", ""))
+    registration = tokens.registration_for_assertion(form.get("client_assertion", ""))
 
     def handle() -> HttpResponse:
-        answer = services.issue_token(form=form, registration=registration)
-        return _answer(answer, content_type=services.token_content_type(registration))
+        answer = tokens.issue_token(form=form, registration=registration)
+        return _answer(answer, content_type=tokens.token_content_type(registration))
 
     return _serve(request, "token", registration, handle)
 
@@ -120,18 +134,18 @@ def scores(request: HttpRequest, pk: int) -> HttpResponse:
     """The same exchange as the fast WSGI front (`sandbox_lms.fast`) serves, with the log written at once."""
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    exchange = services.scores_exchange(
+    exchange = ags_scores.scores_exchange(
         line_item_id=pk, authorization=request.headers.get("Authorization"),
         content_type=request.content_type or "", body=request.body, query=_query(request),
     )
-    services.log_exchange(
+    request_logging.log_exchange(
         registration_id=exchange.registration_id, kind="scores", method=request.method,
         path=request.get_full_path(), headers=request.headers, request_body=request.body,
         status=None if exchange.dropped else exchange.status, response_body=exchange.body,
         note="connection dropped (fault)" if exchange.dropped else "",
     )
     if exchange.dropped:
-        services.drop_connection(request.META)
+        behaviour.drop_connection(request.META)
         return HttpResponse(status=499)
     return _answer(exchange.body, status=exchange.status, content_type=exchange.content_type,
                    headers=exchange.headers, reason=exchange.reason)
@@ -144,18 +158,18 @@ def line_items(request: HttpRequest, course_pk: int) -> HttpResponse:
     info, refused = _bearer(request, "lineitems")
     if refused:
         return refused
-    registration = services.cached_registration(info.registration_id)
+    registration = caches.cached_registration(info.registration_id)
 
     def handle() -> HttpResponse:
         if request.method == "POST":
-            item = services.create_line_item_from_service(
+            item = ags_line_items.create_line_item_from_service(
                 course_pk=course_pk, info=info, registration=registration, body=request.body, query=_query(request)
             )
-            return _answer(item, status=201, content_type=services.LINEITEM_MEDIA_TYPE)
-        items, next_url = services.list_line_items(
+            return _answer(item, status=201, content_type=protocol.LINEITEM_MEDIA_TYPE)
+        items, next_url = ags_line_items.list_line_items(
             course_pk=course_pk, info=info, registration=registration, query=_query(request)
         )
-        response = _answer(items, content_type=services.LINEITEMS_MEDIA_TYPE)
+        response = _answer(items, content_type=protocol.LINEITEMS_MEDIA_TYPE)
         if next_url:
             response["Link"] = f'<{next_url}>; rel="next"'
         return response
@@ -170,18 +184,18 @@ def line_item(request: HttpRequest, pk: int) -> HttpResponse:
     info, refused = _bearer(request, "lineitem")
     if refused:
         return refused
-    registration = services.cached_registration(info.registration_id)
+    registration = caches.cached_registration(info.registration_id)
 
     def handle() -> HttpResponse:
         query = _query(request)
         if request.method == "PUT":
-            item = services.update_line_item(pk=pk, info=info, registration=registration, body=request.body, query=query)
-            return _answer(item, content_type=services.LINEITEM_MEDIA_TYPE)
+            item = ags_line_items.update_line_item(pk=pk, info=info, registration=registration, body=request.body, query=query)
+            return _answer(item, content_type=protocol.LINEITEM_MEDIA_TYPE)
         if request.method == "DELETE":
-            services.delete_line_item(pk=pk, info=info, registration=registration, query=query)
+            ags_line_items.delete_line_item(pk=pk, info=info, registration=registration, query=query)
             return _answer(None, status=204)
-        item = services.get_line_item(pk=pk, info=info, registration=registration, query=query)
-        return _answer(item, content_type=services.LINEITEM_MEDIA_TYPE)
+        item = ags_line_items.get_line_item(pk=pk, info=info, registration=registration, query=query)
+        return _answer(item, content_type=protocol.LINEITEM_MEDIA_TYPE)
 
     return _serve(request, "lineitem", registration, handle)
 
@@ -191,11 +205,11 @@ def results(request: HttpRequest, pk: int) -> HttpResponse:
     info, refused = _bearer(request, "results")
     if refused:
         return refused
-    registration = services.cached_registration(info.registration_id)
+    registration = caches.cached_registration(info.registration_id)
 
     def handle() -> HttpResponse:
-        rows = services.list_results(pk=pk, info=info, registration=registration, query=_query(request))
-        return _answer(rows, content_type=services.RESULTS_MEDIA_TYPE)
+        rows = ags_line_items.list_results(pk=pk, info=info, registration=registration, query=_query(request))
+        return _answer(rows, content_type=protocol.RESULTS_MEDIA_TYPE)
 
     return _serve(request, "results", registration, handle)
 
@@ -205,11 +219,11 @@ def memberships(request: HttpRequest, course_pk: int) -> HttpResponse:
     info, refused = _bearer(request, "memberships")
     if refused:
         return refused
-    registration = services.cached_registration(info.registration_id)
+    registration = caches.cached_registration(info.registration_id)
 
     def handle() -> HttpResponse:
-        answer = services.list_memberships(course_pk=course_pk, info=info, registration=registration)
-        return _answer(answer, content_type=services.MEMBERSHIPS_MEDIA_TYPE)
+        answer = ags_line_items.list_memberships(course_pk=course_pk, info=info, registration=registration)
+        return _answer(answer, content_type=protocol.MEMBERSHIPS_MEDIA_TYPE)
 
     return _serve(request, "memberships", registration, handle)
 
@@ -217,10 +231,10 @@ def memberships(request: HttpRequest, course_pk: int) -> HttpResponse:
 # --- Browser flows: launch, auth, deep-linking return --------------------------------------------
 
 
-def _refused(request: HttpRequest, refusal: services.Refusal, *, registration_id: int | None, kind: str) -> HttpResponse:
+def _refused(request: HttpRequest, refusal: protocol.Refusal, *, registration_id: int | None, kind: str) -> HttpResponse:
     response = render(request, "sandbox_lms/message.html", {"title": "Refused", "message": refusal.message},
                       status=refusal.status)
-    services.log_exchange(
+    request_logging.log_exchange(
         registration_id=registration_id, kind=kind, method=request.method, path=request.get_full_path(),
         headers=request.headers, request_body=request.body if request.method == "POST" else "",
         status=refusal.status, response_body=refusal.message,
@@ -234,11 +248,11 @@ def authorize(request: HttpRequest) -> HttpResponse:
     """The OIDC auth endpoint the tool redirects the browser to (GET or POST)."""
     params = {key: value for key, value in (request.POST if request.method == "POST" else request.GET).items()}
     try:
-        authorized = services.authorize(params=params)
-    except services.Refusal as refusal:
+        authorized = launches.authorize(params=params)
+    except protocol.Refusal as refusal:
         registration = SandboxRegistration.objects.filter(client_id=params.get("client_id", "")).first()
         return _refused(request, refusal, registration_id=registration.pk if registration else None, kind="auth")
-    services.log_exchange(
+    request_logging.log_exchange(
         registration_id=authorized.registration_id, kind="auth", method=request.method, path=request.get_full_path(),
         headers=request.headers, request_body=request.body if request.method == "POST" else "", status=200,
         response_body=f"id_token posted to {authorized.redirect_uri}",
@@ -257,10 +271,10 @@ def deep_linking_return(request: HttpRequest, launch: str) -> HttpResponse:
         return HttpResponseNotAllowed(["POST"])
     registration_id = _launch_registration_id(launch)
     try:
-        outcome = services.accept_deep_linking_response(launch_uuid=launch, token=request.POST.get("JWT", ""))
-    except services.Refusal as refusal:
+        outcome = deep_linking.accept_deep_linking_response(launch_uuid=launch, token=request.POST.get("JWT", ""))
+    except protocol.Refusal as refusal:
         return _refused(request, refusal, registration_id=registration_id, kind="deep_linking_return")
-    services.log_exchange(
+    request_logging.log_exchange(
         registration_id=registration_id, kind="deep_linking_return", method="POST", path=request.get_full_path(),
         headers=request.headers, request_body=request.body, status=200,
         response_body=f"created {len(outcome.links)} links, {len(outcome.line_items)} line items",
@@ -321,13 +335,13 @@ def act_as(request: HttpRequest) -> HttpResponse:
 def course(request: HttpRequest, pk: int) -> HttpResponse:
     enrolment = _enrolment(request, pk)
     the_course = enrolment.course
-    line_items, rows = services.gradebook(course=the_course)
+    line_items, rows = courses.gradebook(course=the_course)
     own = next((row for row in rows if row.user.pk == enrolment.user_id), None)
     registration = the_course.deployment.registration
     return render(request, "sandbox_lms/course.html", {
         "course": the_course,
         "enrolment": enrolment,
-        "is_instructor": enrolment.role in services.CAN_DEEP_LINK,
+        "is_instructor": enrolment.role in protocol.CAN_DEEP_LINK,
         "links": the_course.resource_links.prefetch_related("line_items"),
         "own_grades": list(zip(line_items, own.cells)) if own else [],
         "deployments": SandboxDeployment.objects.filter(registration__platform=the_course.platform).select_related(
@@ -339,16 +353,16 @@ def course(request: HttpRequest, pk: int) -> HttpResponse:
 
 def gradebook(request: HttpRequest, pk: int) -> HttpResponse:
     enrolment = _enrolment(request, pk)
-    if enrolment.role not in services.CAN_DEEP_LINK:
+    if enrolment.role not in protocol.CAN_DEEP_LINK:
         raise Http404("Only instructors see the gradebook")
-    line_items, rows = services.gradebook(course=enrolment.course)
+    line_items, rows = courses.gradebook(course=enrolment.course)
     return render(request, "sandbox_lms/gradebook.html", {
         "course": enrolment.course, "line_items": line_items, "rows": rows,
     })
 
 
-def _login_initiation_page(request: HttpRequest, initiation: services.LoginInitiation, registration_id: int) -> HttpResponse:
-    services.log_exchange(
+def _login_initiation_page(request: HttpRequest, initiation: launches.LoginInitiation, registration_id: int) -> HttpResponse:
+    request_logging.log_exchange(
         registration_id=registration_id, kind="login_initiation", method=initiation.method, path=initiation.url,
         headers={}, request_body=json.dumps(initiation.params), status=None, response_body="",
         note="sent by the browser to the tool",
@@ -364,8 +378,8 @@ def launch(request: HttpRequest, pk: int) -> HttpResponse:
     link = get_object_or_404(SandboxResourceLink.objects.select_related("course__deployment"), pk=pk)
     enrolment = _enrolment(request, link.course_id)
     try:
-        initiation = services.start_launch(user=enrolment.user, resource_link=link, method=request.GET.get("method"))
-    except services.Refusal as refusal:
+        initiation = launches.start_launch(user=enrolment.user, resource_link=link, method=request.GET.get("method"))
+    except protocol.Refusal as refusal:
         return render(request, "sandbox_lms/message.html", {"title": "Refused", "message": refusal.message},
                       status=refusal.status)
     return _login_initiation_page(request, initiation, link.course.deployment.registration_id)
@@ -374,10 +388,10 @@ def launch(request: HttpRequest, pk: int) -> HttpResponse:
 def deep_link(request: HttpRequest, pk: int) -> HttpResponse:
     enrolment = _enrolment(request, pk)
     try:
-        initiation = services.start_launch(
+        initiation = launches.start_launch(
             user=enrolment.user, course=enrolment.course, deep_linking=True, method=request.GET.get("method")
         )
-    except services.Refusal as refusal:
+    except protocol.Refusal as refusal:
         return render(request, "sandbox_lms/message.html", {"title": "Refused", "message": refusal.message},
                       status=refusal.status)
     return _login_initiation_page(request, initiation, enrolment.course.deployment.registration_id)
@@ -401,7 +415,7 @@ def copy(request: HttpRequest, pk: int) -> HttpResponse:
     enrolment = _enrolment(request, pk)
     if enrolment.role != Role.INSTRUCTOR:
         raise Http404("Only instructors copy courses")
-    new = services.copy_course(course=enrolment.course, title=request.POST.get("title", ""))
+    new = courses.copy_course(course=enrolment.course, title=request.POST.get("title", ""))
     return redirect("sandbox_lms:course", pk=new.pk)
 
 
@@ -415,7 +429,7 @@ def move(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = get_object_or_404(
         SandboxDeployment, pk=request.POST.get("deployment"), registration__platform=enrolment.course.platform
     )
-    services.move_course(course=enrolment.course, deployment=deployment)
+    courses.move_course(course=enrolment.course, deployment=deployment)
     return redirect("sandbox_lms:course", pk=pk)
 
 
@@ -426,7 +440,7 @@ def registration(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         action = request.POST.get("action")
         if action == "profile":
-            services.configure_registration(
+            platform.configure_registration(
                 registration=the_registration,
                 profile=request.POST.get("profile", the_registration.profile),
                 rate_limit_enabled=bool(request.POST.get("rate_limit_enabled")),
@@ -435,20 +449,20 @@ def registration(request: HttpRequest, pk: int) -> HttpResponse:
             message = "Profile saved."
         elif action == "faults":
             faults = {}
-            for name in services.FAULT_FIELDS:
+            for name in behaviour.FAULT_FIELDS:
                 value = request.POST.get(name, "").strip()
                 if value:
                     faults[name] = value if name.startswith("outage") else float(value)
-            services.set_faults(registration=the_registration, **faults)
+            behaviour.set_faults(registration=the_registration, **faults)
             message = "Faults saved."
         elif action == "rotate":
-            services.rotate_platform_key(platform=the_registration.platform)
+            platform.rotate_platform_key(platform=the_registration.platform)
             message = "A new platform key is published beside the old one."
         the_registration.refresh_from_db()
     return render(request, "sandbox_lms/registration.html", {
         "registration": the_registration,
         "profiles": Profile.choices,
-        "faults": [(name, help, the_registration.faults.get(name, "")) for name, help in services.FAULT_FIELDS.items()],
+        "faults": [(name, help, the_registration.faults.get(name, "")) for name, help in behaviour.FAULT_FIELDS.items()],
         "message": message,
         "endpoints": {
             "Issuer": the_registration.platform.issuer,

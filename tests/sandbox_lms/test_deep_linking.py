@@ -8,7 +8,7 @@ import jwt
 import pytest
 import requests
 
-from sandbox_lms import api
+from sandbox_lms import api, protocol
 
 from . import pytool
 
@@ -42,7 +42,7 @@ def test_a_pylti1p3_deep_linking_response_creates_links_and_line_items(sandbox):
 
 
 def test_a_student_cannot_add_activities(sandbox):
-    with pytest.raises(api.services.Refusal, match="Only instructors"):
+    with pytest.raises(protocol.Refusal, match="Only instructors"):
         api.start_deep_linking(user=sandbox.students[0], course=sandbox.course)
 
 

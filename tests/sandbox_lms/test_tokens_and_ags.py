@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from sandbox_lms import api
+from sandbox_lms import api, protocol
 
 from .conftest import ServiceClient, now_iso
 
@@ -17,12 +17,12 @@ def test_a_token_is_granted_for_the_requested_scopes_and_counted(sandbox):
     client = ServiceClient(sandbox)
     api.configure_registration(registration=sandbox.registration, token_lifetime=120)
 
-    response = client.request_token([api.services.SCOPE_SCORE, "https://example.com/unknown-scope"])
+    response = client.request_token([protocol.SCOPE_SCORE, "https://example.com/unknown-scope"])
 
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
     body = response.json()
-    assert (body["token_type"], body["expires_in"], body["scope"]) == ("Bearer", 120, api.services.SCOPE_SCORE)
+    assert (body["token_type"], body["expires_in"], body["scope"]) == ("Bearer", 120, protocol.SCOPE_SCORE)
     sandbox.registration.refresh_from_db()
     assert sandbox.registration.tokens_issued == 1
 
@@ -182,7 +182,7 @@ def test_line_item_get_put_delete_and_results(sandbox):
 
 def test_a_token_without_the_score_scope_cannot_post_scores(sandbox):
     service = ServiceClient(sandbox)
-    service._token = service.request_token([api.services.SCOPE_LINEITEM_READONLY]).json()["access_token"]
+    service._token = service.request_token([protocol.SCOPE_LINEITEM_READONLY]).json()["access_token"]
 
     response = service.post_score(sandbox.students[0])
 
