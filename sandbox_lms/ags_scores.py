@@ -13,11 +13,20 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from .caches import TokenInfo, _line_item_info, cached_registration
 from .behaviour import apply_faults, throttle
+from .caches import TokenInfo, _line_item_info, cached_registration
 from .models import GRADABLE_ROLES, Profile, SandboxRegistration
 from .platform import _suffix, line_item_url
-from .protocol import CANVAS_SUBMISSION, SCOPE_SCORE, SCORE_MEDIA_TYPE, ApiError, DropConnection, _error, _number, _parse_timestamp
+from .protocol import (
+    CANVAS_SUBMISSION,
+    SCOPE_SCORE,
+    SCORE_MEDIA_TYPE,
+    ApiError,
+    DropConnection,
+    _error,
+    _number,
+    _parse_timestamp,
+)
 from .tokens import authenticate, check_context, check_moodle_type_id, require_scope
 
 

@@ -189,7 +189,9 @@ def line_item(request: HttpRequest, pk: int) -> HttpResponse:
     def handle() -> HttpResponse:
         query = _query(request)
         if request.method == "PUT":
-            item = ags_line_items.update_line_item(pk=pk, info=info, registration=registration, body=request.body, query=query)
+            item = ags_line_items.update_line_item(
+                pk=pk, info=info, registration=registration, body=request.body, query=query
+            )
             return _answer(item, content_type=protocol.LINEITEM_MEDIA_TYPE)
         if request.method == "DELETE":
             ags_line_items.delete_line_item(pk=pk, info=info, registration=registration, query=query)
@@ -462,7 +464,9 @@ def registration(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "sandbox_lms/registration.html", {
         "registration": the_registration,
         "profiles": Profile.choices,
-        "faults": [(name, help, the_registration.faults.get(name, "")) for name, help in behaviour.FAULT_FIELDS.items()],
+        "faults": [
+            (name, help, the_registration.faults.get(name, "")) for name, help in behaviour.FAULT_FIELDS.items()
+        ],
         "message": message,
         "endpoints": {
             "Issuer": the_registration.platform.issuer,
