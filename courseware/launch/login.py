@@ -62,8 +62,11 @@ def login_parameters(query: QueryDict) -> dict[str, str]:
                     f"{MAX_HINT_BYTES}. Ask your LMS administrator to check the tool's configuration."
                 )
         elif name == "target_link_uri":
-            parts = urlsplit(value)
-            if len(value) > MAX_TARGET_LINK_URI or parts.scheme not in ("http", "https") or not parts.netloc:
+            try:
+                parts = urlsplit(value)
+            except ValueError:  # e.g. an unclosed IPv6 bracket: "http://[::1"
+                parts = None
+            if len(value) > MAX_TARGET_LINK_URI or parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
                 raise LaunchRefused(
                     f"The LMS's login request has a target_link_uri that is not a web address of at most "
                     f"{MAX_TARGET_LINK_URI} characters."

@@ -128,8 +128,8 @@ def test_hints_are_measured_as_copied_into_the_redirect(connected, method):
 
 
 @METHODS
-@pytest.mark.parametrize("target", ["javascript:alert(1)", "/relative/path", "https://" + "t" * 2050 + ".example/"],
-                         ids=["script", "relative", "huge"])
+@pytest.mark.parametrize("target", ["javascript:alert(1)", "/relative/path", "https://" + "t" * 2050 + ".example/", "http://[::1"],
+                         ids=["script", "relative", "huge", "unclosed-ipv6"])
 def test_target_link_uri_must_be_a_bounded_web_address(connected, method, target):
     refused(connected, method, reason="target_link_uri that is not a web address", target_link_uri=target)
 
