@@ -24,6 +24,8 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.utils.functional import cached_property
 
+from .diagnostics import learners_matching
+
 
 class EstimatedCountPaginator(Paginator):
     exact_below = 10_000
@@ -98,8 +100,6 @@ class IndexedSearchMixin:
     learner_matches = 200
 
     def get_search_results(self, request, queryset, search_term):
-        from .diagnostics import learners_matching
-
         term = (search_term or "").strip()
         if not term:
             return queryset, False

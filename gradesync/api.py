@@ -15,7 +15,7 @@ from lti_tool.models import LtiDeployment, LtiLineItem, LtiResourceLink, LtiUser
 
 from institutions.models import Course
 
-from . import resync, services
+from . import ledger, resync
 from .models import Delivery, DeliveryStatus, ResyncJob, Result
 from .resync import CourseResyncRequest
 
@@ -60,7 +60,7 @@ def record_result(
     """
     if not (0 <= score <= 1):
         raise ValueError(f"score must be a fraction between 0 and 1, not {score}")
-    return services.record_result(
+    return ledger.record_result(
         source_ref=source_ref,
         lti_user=lti_user,
         course=course,

@@ -12,7 +12,7 @@ broker (CELERY_BROKER_URL, default memory://). Nothing is sent to any LMS (no wo
 queue; the script purges it at the end). With --runs N it plans N times, deleting the job's
 deliveries in between, and reports each time and the median; --reuse plans the newest seeded
 institution of the same shape again instead of seeding another (seeding takes about a minute).
-It also times the one-by-one path (`services.plan_delivery(resync=True)` per grade) on a sample,
+It also times the one-by-one path (`ledger.plan_delivery(resync=True)` per grade) on a sample,
 for comparison.
 
 With --deliver it sends them too, end to end, with real processes (the helpers of
@@ -164,7 +164,7 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     from config.celery import app
-    from gradesync import resync, services
+    from gradesync import ledger, resync
     from gradesync.models import Delivery, ResyncJob, ResyncJobStatus
 
     keys = args.courses * args.learners * args.activities
@@ -208,8 +208,8 @@ def main() -> None:
     sample = list(Delivery.objects.filter(resync_job=job).select_related("course__institution", "lti_user")[: args.sample])
     started = time.perf_counter()
     for delivery in sample:
-        services.plan_delivery(course=delivery.course, lti_user=delivery.lti_user, activity_key=delivery.activity_key,
-                               resource_link=None, resync=True)
+        ledger.plan_delivery(course=delivery.course, lti_user=delivery.lti_user, activity_key=delivery.activity_key,
+                             resource_link=None, resync=True)
     one_by_one = time.perf_counter() - started
     print(f"one by one: {len(sample)} grades in {one_by_one:.2f} s → {keys} would take ~{one_by_one / len(sample) * keys:.0f} s")
     purged = app.control.purge()

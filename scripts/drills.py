@@ -7,7 +7,7 @@ Nothing shared is touched: the drills start their own throwaway PostgreSQL clust
 into a temp dir, as the `postgres` user when run as root) and their own redis-server (no
 persistence), each on a free loopback port, so they may kill and restart them. Also started: the
 sandbox LMS (gunicorn, `sandbox_lms.wsgi`) and one Celery worker (`--pool=threads`). The driver
-runs `services.sweep()` every second, with GRADE_DELIVERY_STALE_CLAIM_SECONDS=5 and
+runs `sweeper.sweep()` every second, with GRADE_DELIVERY_STALE_CLAIM_SECONDS=5 and
 GRADE_DELIVERY_REQUEUE_AFTER_SECONDS=3 (the production defaults are 300 and 30).
 
 Each drill seeds a fresh registration (one course, 20 students, 3 graded activities), records
@@ -163,14 +163,14 @@ class Stage:
     def _sweep_loop(self) -> None:
         from django.db import close_old_connections
 
-        from gradesync import services
+        from gradesync import sweeper
 
         self.sweeping.set()
         while self.sweeping.is_set():
             try:
                 close_old_connections()
                 self._supervise_worker()
-                services.sweep()
+                sweeper.sweep()
             except Exception as error:  # noqa: BLE001 — the sweeper outlives outages
                 log(f"  sweeper: {type(error).__name__}: {str(error)[:100]}")
                 from django.db import connection
@@ -419,7 +419,7 @@ def drill_token_401(stage: Stage) -> str | None:
 
 
 def drill_duplicate_task(stage: Stage) -> str | None:
-    from gradesync import services
+    from gradesync import queue
     from gradesync.models import Delivery
 
     from sandbox_lms import api as sandbox
@@ -432,8 +432,8 @@ def drill_duplicate_task(stage: Stage) -> str | None:
         # While grades are recorded and sent, every open delivery's task is queued twice more.
         while not done.is_set():
             for delivery_id in Delivery.objects.filter(registration=run.regs[0]["tool"]).values_list("pk", flat=True):
-                services.enqueue_delivery(delivery_id)
-                services.enqueue_delivery(delivery_id)
+                queue.enqueue_delivery(delivery_id)
+                queue.enqueue_delivery(delivery_id)
             time.sleep(0.3)
 
     thread = threading.Thread(target=fault, daemon=True)

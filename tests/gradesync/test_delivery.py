@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from courseware.models import Activity, ActivityKind, ActivityLink, Launch
 from gradesync import api as gradesync_api
-from gradesync import services
+from gradesync import ledger, queue, sender, sweeper
 from gradesync.models import Delivery, DeliveryExchange, DeliveryStatus, Result
 from institutions.models import GradePolicy
 from sandbox_lms import api as sandbox
@@ -125,7 +125,7 @@ def test_a_newer_grade_supersedes_an_undelivered_older_one(canvas):
     sandbox.set_faults(registration=canvas.connected.seeded.registration)
     sandbox.forget_caches()
     Delivery.objects.update(next_attempt_at=timezone.now())
-    assert services.deliver(first.pk) == "sent"
+    assert sender.deliver(first.pk) == "sent"
     assert canvas.gradebook(student) == pytest.approx(14)
 
 
@@ -143,7 +143,7 @@ def test_canvas_allowed_attempts_refusal_is_visible_and_a_resync_lands(canvas):
     assert "maximum number of allowed attempts" in refused.last_message
     assert canvas.gradebook(student) == pytest.approx(10)
     # Support resyncs: sent as new_submission false, Canvas takes it.
-    services.plan_delivery(course=launch.course, lti_user=launch.lti_user, activity_key=str(canvas.quiz.pk), resource_link=launch.resource_link, resync=True)
+    ledger.plan_delivery(course=launch.course, lti_user=launch.lti_user, activity_key=str(canvas.quiz.pk), resource_link=launch.resource_link, resync=True)
     assert canvas.gradebook(student) == pytest.approx(18)
     resync = Delivery.objects.order_by("-id").first()
     assert resync.is_resync and resync.status == DeliveryStatus.SENT
@@ -266,7 +266,7 @@ def test_an_outage_is_retried_and_the_sweeper_delivers_after_it(canvas):
     sandbox.set_faults(registration=registration)
     sandbox.forget_caches()
     Delivery.objects.update(next_attempt_at=timezone.now() - datetime.timedelta(seconds=1))
-    counts = services.sweep()
+    counts = sweeper.sweep()
     assert counts["requeued"] == 1
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SENT and canvas.gradebook(student) == pytest.approx(14)
@@ -285,12 +285,12 @@ def test_the_sweeper_wakes_an_lms_s_senders_not_a_task_per_lost_grade(canvas, mo
     profile = canvas.connected.deployment.registration.profile
     profile.max_requests_in_flight = 2
     profile.save()
-    services._lms_cache.clear()
+    sender._lms_cache.clear()
     Delivery.objects.update(status=DeliveryStatus.RETRYING, next_attempt_at=timezone.now() - datetime.timedelta(seconds=1))
     queued = []
-    real_enqueue = services.enqueue_delivery
-    monkeypatch.setattr(services, "enqueue_delivery", lambda pk, **kw: (queued.append(pk), real_enqueue(pk, **kw)))
-    assert services.sweep()["requeued"] == 2 and len(queued) == 2
+    real_enqueue = queue.enqueue_delivery
+    monkeypatch.setattr(queue, "enqueue_delivery", lambda pk, **kw: (queued.append(pk), real_enqueue(pk, **kw)))
+    assert sweeper.sweep()["requeued"] == 2 and len(queued) == 2
     # Two tasks were enough: a sender sends every due grade of its LMS.
     assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SENT}
     assert [canvas.gradebook(s) for s in students] == [pytest.approx(14)] * 3
@@ -300,7 +300,7 @@ def test_a_delivery_delivered_twice_is_sent_once(canvas):
     student = canvas.connected.students[0]
     canvas.finish(canvas.launch(student), "0.7")
     delivery = Delivery.objects.get()
-    assert services.deliver(delivery.pk) == "not claimed"
+    assert sender.deliver(delivery.pk) == "not claimed"
     assert len(canvas.score_posts()) == 1
 
 
@@ -309,7 +309,7 @@ def test_retries_give_up_after_the_horizon_and_stand_as_failed(canvas, settings)
     sandbox.forget_caches()
     canvas.finish(canvas.launch(canvas.connected.students[0]), "0.7")
     Delivery.objects.update(created_at=timezone.now() - datetime.timedelta(hours=73), next_attempt_at=timezone.now())
-    assert services.deliver(Delivery.objects.get().pk) == "dead"
+    assert sender.deliver(Delivery.objects.get().pk) == "dead"
     delivery = Delivery.objects.get()
     assert delivery.status == DeliveryStatus.DEAD and "Gave up after 72 h" in delivery.last_message
 
@@ -323,7 +323,7 @@ def test_a_worker_killed_mid_send_is_reclaimed_by_the_sweeper(canvas):
     sandbox.forget_caches()
     # As if a worker claimed it and died: SENDING, claimed long ago.
     Delivery.objects.update(status=DeliveryStatus.SENDING, claimed_at=timezone.now() - datetime.timedelta(minutes=10))
-    counts = services.sweep()
+    counts = sweeper.sweep()
     assert counts["reclaimed"] == 1
     assert Delivery.objects.get().status == DeliveryStatus.SENT and canvas.gradebook(student) == pytest.approx(12)
 
@@ -334,7 +334,7 @@ def test_a_send_cut_off_after_it_landed_is_not_posted_again(canvas):
     assert canvas.gradebook(student) == pytest.approx(12) and len(canvas.score_posts()) == 1
     # As if the worker died after the LMS accepted the POST but before the row was marked sent.
     Delivery.objects.update(status=DeliveryStatus.SENDING, claimed_at=timezone.now() - datetime.timedelta(minutes=10))
-    assert services.sweep()["reclaimed"] == 1
+    assert sweeper.sweep()["reclaimed"] == 1
     delivery = Delivery.objects.get()
     assert delivery.status == DeliveryStatus.SENT and not delivery.answer_lost
     assert "already held" in delivery.last_message
@@ -347,7 +347,7 @@ def test_a_send_cut_off_before_it_landed_is_posted_after_reading_the_lms(canvas)
     # A newer grade whose send was cut off before reaching the LMS: the LMS still holds 0.6.
     Delivery.objects.update(score=Decimal("0.9"), status=DeliveryStatus.SENDING,
                             claimed_at=timezone.now() - datetime.timedelta(minutes=10))
-    assert services.sweep()["reclaimed"] == 1
+    assert sweeper.sweep()["reclaimed"] == 1
     delivery = Delivery.objects.get()
     assert delivery.status == DeliveryStatus.SENT
     assert len(canvas.score_posts()) == 2 and canvas.gradebook(student) == pytest.approx(18)
@@ -370,7 +370,7 @@ def _record_while_every_slot_is_held(canvas, students, score):
     launches = [canvas.launch(student) for student in students]
     registration_id = canvas.connected.deployment.registration_id
     slots = canvas.connected.deployment.registration.profile.max_requests_in_flight
-    held = [services.InFlightLimit(registration_id, slots) for _ in range(slots)]
+    held = [sender.InFlightLimit(registration_id, slots) for _ in range(slots)]
     assert all(limit.acquire() for limit in held)
     try:
         for launch in launches:
@@ -387,7 +387,7 @@ def test_grades_queued_while_every_slot_is_busy_are_sent_by_the_next_sender(canv
     """A task that finds the LMS's slots all taken leaves its grade to a sender, which sends every due grade."""
     students = canvas.connected.students[:3]
     rows = _record_while_every_slot_is_held(canvas, students, "0.6")
-    assert services.deliver(rows[0].pk) == "sent"
+    assert sender.deliver(rows[0].pk) == "sent"
     assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SENT}
     assert [canvas.gradebook(student) for student in students] == [pytest.approx(12)] * 3
 
@@ -397,7 +397,7 @@ def test_a_throttled_lms_gets_no_more_requests_from_that_sender(canvas):
     sandbox.set_faults(registration=canvas.connected.seeded.registration, throttle_rate=1.0, retry_after=30)
     sandbox.forget_caches()
     before = timezone.now()
-    assert services.deliver(rows[0].pk) == "retrying"
+    assert sender.deliver(rows[0].pk) == "retrying"
     # The 429 stopped the sender: one request to that LMS, none for the rest of the batch.
     assert DeliveryExchange.objects.filter(status_code=429).count() == DeliveryExchange.objects.count() == 1
     first = Delivery.objects.get(pk=rows[0].pk)

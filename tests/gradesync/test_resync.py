@@ -260,9 +260,9 @@ def test_cancel_stops_planning_and_withdraws_what_no_worker_picked_up(classroom,
     job.refresh_from_db()
     assert (job.status, job.planned, job.skipped) == (ResyncJobStatus.CANCELLED, 2, 2)
     assert resync.run_job(job.pk, batch_size=2) == "not running (cancelled)"  # the continuation does nothing
-    from gradesync import services
+    from gradesync import sender
 
-    assert [services.deliver(pk) for pk in sent_ids] == ["not claimed", "not claimed"]
+    assert [sender.deliver(pk) for pk in sent_ids] == ["not claimed", "not claimed"]
     assert _cells(classroom) == {"first": [0, 0, 0], "second": [0, 0, 0]}  # nothing was sent
     assert AuditEntry.objects.filter(action="resync.cancelled", object_id=str(job.pk)).exists()
 

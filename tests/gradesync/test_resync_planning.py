@@ -1,4 +1,4 @@
-"""Resync planning without an LMS: the set-based batch planner writes what `services.plan_delivery`
+"""Resync planning without an LMS: the set-based batch planner writes what `ledger.plan_delivery`
 would (the policy's grade, the same line item, one open delivery per pair, the duplicate line
 item warning), and the beat sweeper unblocks jobs whose planner died."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from django.db import models
 from django.utils import timezone
 from lti_tool.models import LtiLineItem, LtiResourceLink, LtiUser
 
-from gradesync import resync, services
+from gradesync import line_items, resync
 from gradesync.models import OPEN_STATUSES, Delivery, DeliveryStatus, ResyncJob, ResyncJobStatus, Result, SyncWarning
 from gradesync.policy import policy_result
 from institutions.models import AuditEntry, GradePolicy
@@ -106,7 +106,7 @@ def test_the_batch_plan_sends_the_policys_grade_to_the_line_item_the_live_path_p
         assert (delivery.result_id, delivery.score) == (chosen.pk, chosen.score)
         assert chosen.score == (Decimal("0.5") if policy == GradePolicy.MOST_RECENT else Decimal("0.9"))
         assert delivery.line_item_id == expected_line_item[delivery.activity_key]
-        live = services._line_item_for(north.course, delivery.activity_key, links[delivery.activity_key])
+        live = line_items.line_item_for(north.course, delivery.activity_key, links[delivery.activity_key])
         assert delivery.line_item_id == (live.pk if live else None)
         assert delivery.resource_link_id == (links[delivery.activity_key].pk if links[delivery.activity_key] else None)
         assert (delivery.status, delivery.version, delivery.is_resync, delivery.resync_job_id) == (

@@ -1,0 +1,367 @@
+"""The sender: one LMS's conversation — its in-flight limit (slots in the shared cache), batches of
+due rows sent one request at a time over a kept-alive connection, and what its answers mean.
+"""
+from __future__ import annotations
+
+import datetime
+import email.utils
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+from django.core.cache import cache
+from django.db import IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+from lti_tool.models import LtiRegistration
+
+from institutions.models import LmsFamily
+
+from . import ags, line_items, outbox, queue
+from .models import Delivery, DeliveryExchange
+from .outcomes import Outcome, classify
+
+IN_FLIGHT_SLOT_SECONDS = 30  # a killed worker's slots free themselves this soon; senders renew theirs
+SLOT_RENEW_SECONDS = 5.0
+SENDER_BATCH = 10  # rows a sender claims at a time (small: a row waits behind at most 9 sends)
+SENDER_MAX_SECONDS = 30.0  # then it hands the rest to a fresh task, so one task never runs for ever
+CANVAS_SUBMISSION = "https://canvas.instructure.com/lti/submission"
+
+
+# A task that gets a delivery's id becomes the sender of that delivery's LMS (registration) if one
+# of the registration's in-flight slots is free. A sender holds its slot and sends, one request at
+# a time over a kept-alive connection, every due row of that LMS: its own first, then batches
+# claimed with one UPDATE (live grades before resyncs). A task that finds every slot taken returns
+# at once: each sender looks for due rows again after letting its slot go, so a row committed
+# before the task ran is always seen by a sender. Many grades thus cost a few statements and one
+# request each, not a task, a slot and a token lookup each.
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max((when - timezone.now()).total_seconds(), 0.0)
+
+
+_CANVAS_LAST_UPDATED = re.compile(r"last updated timestamp of (\d{4}-\d{2}-\d{2}[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)")
+
+
+_held_slots: set[str] = set()  # the slots this process holds now: no round trip to the cache to find them taken
+_held_lock = threading.Lock()
+
+
+class InFlightLimit:
+    """At most N requests in flight to one registration, across all workers (slots in the shared cache)."""
+
+    def __init__(self, registration_id: int, limit: int) -> None:
+        self.keys = [f"ags-inflight:{registration_id}:{slot}" for slot in range(max(limit, 1))]
+        self.held: str | None = None
+        self.renewed = 0.0
+
+    def acquire(self) -> bool:
+        """Take a free slot now, or say there is none (without waiting: whoever holds one sends our rows too)."""
+        for key in random.sample(self.keys, len(self.keys)):
+            if key in _held_slots:
+                continue
+            if cache.add(key, 1, IN_FLIGHT_SLOT_SECONDS):
+                with _held_lock:
+                    _held_slots.add(key)
+                self.held, self.renewed = key, time.monotonic()
+                return True
+        return False
+
+    def keep(self) -> None:
+        """A long-running sender renews its slot before it expires (at most every few seconds)."""
+        if self.held and time.monotonic() - self.renewed > SLOT_RENEW_SECONDS:
+            cache.touch(self.held, IN_FLIGHT_SLOT_SECONDS)
+            self.renewed = time.monotonic()
+
+    def release(self) -> None:
+        if self.held:
+            cache.delete(self.held)
+            with _held_lock:
+                _held_slots.discard(self.held)
+            self.held = None
+
+
+@dataclass
+class _Lms:
+    """What a sender needs of the registration: loaded once per sender, not per grade."""
+
+    registration: LtiRegistration
+    family: str
+    limit: int
+
+
+_lms_cache: dict[int, tuple[float, _Lms]] = {}
+LMS_CACHE_SECONDS = 30.0
+
+
+def _lms(registration_id: int) -> _Lms | None:
+    cached = _lms_cache.get(registration_id)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    registration = LtiRegistration.objects.select_related("profile").filter(pk=registration_id).first()
+    if registration is None:
+        return None
+    profile = getattr(registration, "profile", None)
+    lms = _Lms(
+        registration,
+        profile.lms_family if profile else LmsFamily.OTHER,
+        profile.max_requests_in_flight if profile else 4,
+    )
+    _lms_cache[registration_id] = (time.monotonic() + LMS_CACHE_SECONDS, lms)
+    return lms
+
+
+def deliver(delivery_id: int, registration_id: int | None = None) -> str:
+    """Send a delivery (and, holding the LMS's slot, every other due one of that LMS).
+
+    Idempotent: returns quietly when the row is gone, done, or claimed elsewhere. Returns what
+    became of `delivery_id` in this call: sent, retrying, refused, dead, superseded while sending,
+    busy (every slot's sender will take it), or not claimed.
+    """
+    # Workers keep their connections across tasks (CELERY_DB_REUSE_MAX): drop one a database
+    # restart broke, or one past CONN_MAX_AGE, as Django does at the start of a request.
+    if not transaction.get_connection().in_atomic_block:
+        close_old_connections()
+    if registration_id is None:
+        registration_id = Delivery.objects.filter(pk=delivery_id).values_list("registration_id", flat=True).first()
+        if registration_id is None:
+            return "not claimed"
+    lms = _lms(registration_id)
+    if lms is None:
+        return "not claimed"
+    limit = InFlightLimit(registration_id, lms.limit)
+    if not limit.acquire():
+        return "busy"
+    sender = _Sender(lms, limit)
+    deadline = time.monotonic() + SENDER_MAX_SECONDS
+    try:
+        if outbox.claim(delivery_id, timezone.now()):
+            # Its own row only: the look below (after the slot is let go) finds any others.
+            sender.send_batch([delivery_id])
+        else:
+            sender.drain(deadline)
+    finally:
+        limit.release()
+    # Look again once the slot is free: a task that found every slot taken relies on it.
+    while not sender.stopped and (first_due := outbox.first_due(registration_id)):
+        if time.monotonic() > deadline:
+            queue.enqueue_delivery(first_due, registration_id=registration_id)  # a fresh task carries on
+            break
+        if not limit.acquire():
+            break  # every slot has a sender: they look again when they let go
+        try:
+            claimed = sender.drain(deadline)
+        finally:
+            limit.release()
+        if not claimed:
+            break  # the due rows are being claimed by another sender right now
+    return sender.outcomes.get(delivery_id, "not claimed")
+
+
+class _Sender:
+    """Sends claimed deliveries of one LMS, one request at a time, holding one in-flight slot."""
+
+    def __init__(self, lms: _Lms, limit: InFlightLimit) -> None:
+        self.lms = lms
+        self.limit = limit
+        self.tokens: dict[tuple[str, ...], str] = {}
+        self.outcomes: dict[int, str] = {}
+        self.exchanges: list[DeliveryExchange] = []
+        self.stopped = False  # the LMS is throttling or failing: leave the rest to their due time
+        self.wait, self.why = 0.0, ""
+
+    def drain(self, deadline: float) -> int:
+        """Claim and send batches until none is due (or the LMS pushes back, or time is up); returns rows claimed."""
+        claimed = 0
+        while not self.stopped and time.monotonic() < deadline:
+            ids = outbox.claim_batch(self.lms.registration.pk, SENDER_BATCH)
+            if not ids:
+                break
+            claimed += len(ids)
+            self.send_batch(ids)
+        return claimed
+
+    def send_batch(self, ids: list[int]) -> None:
+        deliveries = list(
+            Delivery.objects.select_related("deployment", "lti_user", "line_item", "course__context", "resource_link", "result")
+            .filter(pk__in=ids)
+            .order_by("is_resync", "next_attempt_at", "pk")
+        )
+        last_sent = outbox.last_timestamps(deliveries)
+        try:
+            for index, delivery in enumerate(deliveries):
+                if self.stopped:
+                    outbox.give_back([d.pk for d in deliveries[index:]], wait_seconds=self.wait, message=self.why)
+                    break
+                last = last_sent.get((delivery.line_item_id, delivery.lti_user_id))
+                self.outcomes[delivery.pk] = self.send(delivery, last)
+                self.limit.keep()
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        if len(self.exchanges) == 1:
+            self.exchanges[0].save(force_insert=True)  # one statement (bulk_create adds a transaction)
+        elif self.exchanges:
+            DeliveryExchange.objects.bulk_create(self.exchanges)
+        self.exchanges = []
+
+    def token_for(self, scopes: tuple[str, ...], deployment_id: str, rejected: str | None = None) -> str:
+        if rejected is None and scopes in self.tokens:
+            return self.tokens[scopes]
+        self.tokens[scopes] = ags.access_token(self.lms.registration, scopes, deployment_id=deployment_id, rejected=rejected)
+        return self.tokens[scopes]
+
+    def stop(self, wait: float, why: str) -> None:
+        self.stopped, self.wait, self.why = True, wait, why
+
+    def send(self, delivery: Delivery, last: datetime.datetime | None) -> str:
+        lms_family = self.lms.family
+        deployment_id = delivery.deployment.deployment_id
+        try:
+            if delivery.line_item is None:
+                line_item = line_items.resolve_line_item(delivery, lambda scopes: self.token_for(scopes, deployment_id))
+                if line_item is None:
+                    return self.finish(delivery, Outcome.RETRY, None, "No line item for this link in the LMS yet; "
+                                       "it binds at the next launch of the link.", advice_retry_after=300)
+                try:
+                    with transaction.atomic():
+                        Delivery.objects.filter(pk=delivery.pk).update(line_item=line_item)
+                except IntegrityError:
+                    return self.finish(delivery, Outcome.REFUSED, None, "Another open delivery exists for this line item.")
+                delivery.line_item = line_item
+                last = outbox.last_timestamps([delivery]).get((line_item.pk, delivery.lti_user_id))
+            version = delivery.version
+            if delivery.answer_lost and self.already_holds(delivery, deployment_id):
+                self.exchange(delivery, 200, Outcome.SENT, "Read the LMS's result: it already holds this grade.", 0, None, None)
+                return self.finish(
+                    delivery, Outcome.SENT, 200, "The LMS already held this grade: the send cut off by a stopped "
+                    "worker had landed, so it was not posted again.", sent_timestamp=timezone.now(), version=version,
+                )
+            score_scope = (ags.SCORE_SCOPE,)
+            token = self.token_for(score_scope, deployment_id)
+            refreshed = stale_resent = False
+            while True:
+                timestamp = outbox.next_timestamp(last, lms_family)
+                maximum = delivery.line_item.maximum_score or 1.0
+                payload = {
+                    "userId": delivery.lti_user.sub,
+                    "scoreGiven": round(float(delivery.score) * maximum, 4),
+                    "scoreMaximum": maximum,
+                    "activityProgress": "Completed",
+                    "gradingProgress": "FullyGraded",
+                    "timestamp": ags.score_timestamp(timestamp),
+                }
+                if lms_family == LmsFamily.CANVAS and delivery.is_resync:
+                    # A resync must not count as a new submission against Canvas's Allowed Attempts.
+                    payload[CANVAS_SUBMISSION] = {"new_submission": False}
+                answer = ags.post_score(line_item_url=delivery.line_item.url, token=token, payload=payload)
+                verdict = classify(lms_family, answer.status_code, answer.body)
+                self.exchange(delivery, answer.status_code, verdict.outcome, answer.body, answer.duration_ms, payload, timestamp)
+                if verdict.outcome == Outcome.REFRESH and not refreshed:
+                    refreshed = True
+                    token = self.token_for(score_scope, deployment_id, rejected=token)
+                    continue
+                if verdict.outcome == Outcome.STALE and not stale_resent:
+                    stale_resent = True
+                    match = _CANVAS_LAST_UPDATED.search(answer.body)
+                    last = _parse_lms_timestamp(match.group(1)) if match else timestamp
+                    if lms_family == LmsFamily.MOODLE or last is None:
+                        last = (last or timestamp) + datetime.timedelta(seconds=1)
+                    continue
+                outcome = Outcome.RETRY if verdict.outcome == Outcome.REFRESH else verdict.outcome
+                if outcome == Outcome.STALE:
+                    outcome = Outcome.REFUSED
+                return self.finish(
+                    delivery, outcome, answer.status_code, _lms_message(answer.body, verdict.advice),
+                    sent_timestamp=timestamp, version=version, retry_after=_retry_after(answer.headers),
+                )
+        except ags.TokenError as error:
+            # The same table decides: a throttled or failing token endpoint is retried, a refusal is not.
+            verdict = classify(lms_family, error.status_code or 0, error.body)
+            outcome = Outcome.RETRY if verdict.outcome in (Outcome.RETRY, Outcome.SENT) else Outcome.REFUSED
+            self.exchange(delivery, error.status_code, outcome, str(error), 0, None, None)
+            message = f"The LMS refused our service token request (check the client id and our key in the LMS): {error}"
+            return self.finish(
+                delivery, outcome, error.status_code, message if outcome == Outcome.REFUSED else str(error),
+                retry_after=_retry_after(error.headers),
+            )
+        except ags.AgsError as error:
+            self.exchange(delivery, None, Outcome.RETRY, str(error), 0, None, None)
+            return self.finish(delivery, Outcome.RETRY, None, f"No answer from the LMS: {error}")
+
+    def already_holds(self, delivery: Delivery, deployment_id: str) -> bool:
+        """Whether the LMS's result for this learner is already this grade (read before resending a cut-off send)."""
+        try:
+            token = self.token_for((ags.RESULT_READ_SCOPE,), deployment_id)
+            held = ags.read_result(line_item_url=delivery.line_item.url, token=token, user_id=delivery.lti_user.sub)
+        except (ags.AgsError, ags.TokenError):
+            return False  # can't tell: send it (a duplicate POST is harmless, a missing grade is not)
+        return held is not None and abs(held - float(delivery.score)) < 1e-4
+
+    def exchange(self, delivery, status_code, outcome, body, duration_ms, payload, timestamp) -> None:
+        self.exchanges.append(
+            DeliveryExchange(
+                delivery=delivery,
+                status_code=status_code,
+                outcome=str(outcome),
+                message=(body or "")[:2000],
+                duration_ms=duration_ms,
+                score_given=payload["scoreGiven"] if payload else None,
+                score_maximum=payload["scoreMaximum"] if payload else None,
+                timestamp_sent=timestamp,
+            )
+        )
+
+    def finish(self, delivery: Delivery, outcome: Outcome, status_code: int | None, message: str, **kwargs) -> str:
+        result, wait = outbox.finish(delivery, outcome, status_code, message, **kwargs)
+        if result == "retrying" and kwargs.get("advice_retry_after") is None:
+            # Throttled, failing or unreachable: the rest of this LMS's rows wait as long as this one.
+            self.stop(wait, f"Held back: the LMS answered another grade with a retry. {message}"[:500])
+        return result
+
+
+
+def _parse_lms_timestamp(text: str) -> datetime.datetime | None:
+    try:
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def _lms_message(body: str, advice: str) -> str:
+    text = (body or "").strip()
+    return f"{advice} LMS said: {text[:500]}" if advice and text else (advice or text[:500])
+
+
+
+def wake_senders(rows: list[tuple[int, int, bool]]) -> int:
+    """Queue senders for due rows (id, registration id, is resync); returns the tasks queued.
+
+    A sender sends every due row of its LMS, not only the row its task names, so each LMS gets
+    as many tasks as it allows requests in flight, each naming one of its rows — not a task per
+    row: thousands of tasks that find every slot taken cost the workers a round trip each for
+    nothing, and queued in order they keep other LMSes waiting behind one LMS's rows.
+    """
+    per_lms: dict[int, list[tuple[int, bool]]] = {}
+    for delivery_id, registration_id, is_resync in rows:
+        per_lms.setdefault(registration_id, []).append((delivery_id, is_resync))
+    queued = 0
+    for registration_id, lms_rows in per_lms.items():
+        lms = _lms(registration_id)
+        for delivery_id, is_resync in lms_rows[: lms.limit if lms else 1]:
+            queue.enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
+            queued += 1
+    return queued
