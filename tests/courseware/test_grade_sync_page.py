@@ -21,7 +21,7 @@ _refs = itertools.count(1)
 @pytest.fixture(autouse=True)
 def _no_lms(monkeypatch):
     """Deliveries planned here stay queued: these tests are about the page, not the LMS."""
-    monkeypatch.setattr(resync, "_enqueue_deliveries", lambda job_id, ids: None)
+    monkeypatch.setattr("gradesync.resync.planning._enqueue_deliveries", lambda job_id, ids: None)
 
 
 def _graded(course, learner, activity, score: str, *, status: str | None = DeliveryStatus.SENT, message: str = "", eligible=True):

@@ -229,7 +229,7 @@ def test_pages_polling_a_running_job_share_one_recount_every_few_seconds(classro
 
 
 def test_a_second_identical_job_is_refused_while_one_is_active(classroom, support, monkeypatch):
-    monkeypatch.setattr(resync, "_queue_job", lambda job_id, countdown=None: None)  # the worker has not started it
+    monkeypatch.setattr("gradesync.resync.jobs._queue_job", lambda job_id, countdown=None: None)  # the worker has not started it
     scope = resync.ResyncScope(institution=classroom.connected.institution, course=classroom.course)
     first = resync.start_resync(scope=scope, acting_user=support)
     with pytest.raises(resync.ResyncRefused, match=rf"already queued or running \(#{first.pk}, asked by support-staff"):
@@ -244,9 +244,9 @@ def test_a_second_identical_job_is_refused_while_one_is_active(classroom, suppor
 
 
 def test_cancel_stops_planning_and_withdraws_what_no_worker_picked_up(classroom, support, monkeypatch):
-    monkeypatch.setattr(resync, "_queue_job", lambda job_id, countdown=None: None)
+    monkeypatch.setattr("gradesync.resync.jobs._queue_job", lambda job_id, countdown=None: None)
     sent_ids: list[int] = []
-    monkeypatch.setattr(resync, "_enqueue_deliveries", lambda job_id, ids: sent_ids.extend(ids))  # queued, not yet consumed
+    monkeypatch.setattr("gradesync.resync.planning._enqueue_deliveries", lambda job_id, ids: sent_ids.extend(ids))  # queued, not yet consumed
     classroom.wipe_gradebook()
     job = resync.start_resync(
         scope=resync.ResyncScope(institution=classroom.connected.institution, course=classroom.course), acting_user=support
@@ -301,7 +301,7 @@ def test_support_previews_confirms_and_watches_a_course_resync(classroom, client
 
 
 def test_a_duplicate_request_from_the_admin_says_why(classroom, client_for, monkeypatch):
-    monkeypatch.setattr(resync, "_queue_job", lambda job_id, countdown=None: None)
+    monkeypatch.setattr("gradesync.resync.jobs._queue_job", lambda job_id, countdown=None: None)
     client = client_for(SUPPORT)
     data = {"institution": classroom.connected.institution.pk, "course": classroom.course.pk, "confirmed": "yes"}
     assert client.post(RESYNC_URL, data).status_code == 302
@@ -356,7 +356,7 @@ def test_changing_the_policy_without_resync_changes_nothing_in_the_lms(classroom
 
 @pytest.mark.parametrize("role,allowed", [(SUPPORT, True), (INTEGRATION, False), (READ_ONLY, False)])
 def test_who_may_resync_and_change_the_policy(role, allowed, client_for, two_institutions, monkeypatch):
-    monkeypatch.setattr(resync, "_queue_job", lambda job_id, countdown=None: None)
+    monkeypatch.setattr("gradesync.resync.jobs._queue_job", lambda job_id, countdown=None: None)
     client = client_for(role)
     north = two_institutions[0]
     job = ResyncJob.objects.create(institution=north, status=ResyncJobStatus.RUNNING, requested_by_name="someone")

@@ -58,8 +58,8 @@ def north(two_institutions) -> Course:
 def _plan(monkeypatch, django_capture_on_commit_callbacks, course: Course, **job_fields) -> tuple[ResyncJob, list[int]]:
     """Plan a course-wide job to the end; returns the job and the delivery ids handed to the fan-out."""
     fanned: list[int] = []
-    monkeypatch.setattr(resync, "_enqueue_deliveries", lambda job_id, ids: fanned.extend(ids))
-    monkeypatch.setattr(resync, "_queue_job", lambda job_id, countdown=None: None)
+    monkeypatch.setattr("gradesync.resync.planning._enqueue_deliveries", lambda job_id, ids: fanned.extend(ids))
+    monkeypatch.setattr("gradesync.resync.jobs._queue_job", lambda job_id, countdown=None: None)
     job = ResyncJob.objects.create(
         institution=course.course.institution, course=course.course, requested_by_name="test", **job_fields
     )
@@ -233,7 +233,7 @@ def test_only_changed_skips_the_grades_the_lms_already_holds(north, monkeypatch,
 @pytest.fixture
 def queued_jobs(monkeypatch):
     queued: list[int] = []
-    monkeypatch.setattr(resync, "_queue_job", lambda job_id, countdown=None: queued.append(job_id))
+    monkeypatch.setattr("gradesync.resync.jobs._queue_job", lambda job_id, countdown=None: queued.append(job_id))
     return queued
 
 
@@ -277,7 +277,7 @@ def test_a_planner_that_stays_dead_fails_its_job_and_frees_the_scope(north, queu
     assert "Start the resync again" in job.message
     assert not AuditEntry.objects.filter(object_id=str(job.pk)).exists()  # the system did it, not a person
     # The scope is free: support can start it again.
-    monkeypatch.setattr(resync, "preview_resync", lambda scope: resync.ResyncPreview(grades=0))
+    monkeypatch.setattr("gradesync.resync.jobs.preview_resync", lambda scope: resync.ResyncPreview(grades=0))
     again = resync.start_resync(
         scope=resync.ResyncScope(institution=north.course.institution, course=north.course),
         acting_user=staff_user(SUPPORT),
@@ -291,7 +291,7 @@ def test_a_restarted_planner_that_moves_again_is_not_failed(
     north.result(north.learners[0], "quiz1", "0.8", minutes_ago=5)
     job = _job(north, status=ResyncJobStatus.QUEUED, idle_minutes=20)
     resync.sweep_resync_jobs()
-    monkeypatch.setattr(resync, "_enqueue_deliveries", lambda job_id, ids: None)
+    monkeypatch.setattr("gradesync.resync.planning._enqueue_deliveries", lambda job_id, ids: None)
     with django_capture_on_commit_callbacks(execute=True):
         assert resync.run_job(job.pk) == "planned"  # the restarted task ran
     job.refresh_from_db()
@@ -318,7 +318,7 @@ def test_the_sweeper_finishes_jobs_whose_deliveries_have_settled(
 def test_the_planners_insert_writes_every_column_the_database_requires():
     """The batch INSERT names its columns: a NOT NULL column it leaves out (Django's defaults are not
     the database's) would fail every resync, as `answer_lost` did until it was added there."""
-    written = {name for name, _ in resync._ROW_COLUMNS} | set(resync._SAME_FOR_ALL)
+    written = {name for name, _ in resync.planning._ROW_COLUMNS} | set(resync.planning._SAME_FOR_ALL)
     required = {
         field.column for field in Delivery._meta.concrete_fields
         if not field.null and not field.primary_key and field.db_default is models.NOT_PROVIDED

@@ -1,0 +1,232 @@
+"""Resync jobs: start one (permission, one active job per scope, audit, planning queued after commit), an
+instructor's request for their course, cancelling; a job's progress, counted from its deliveries, and its finish."""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
+from lti_tool.models import LtiUser
+
+from institutions.audit import record_staff_change
+from institutions.models import Course
+
+from ..models import ACTIVE_JOB_STATUSES, OPEN_STATUSES, Delivery, DeliveryStatus, ResyncJob, ResyncJobStatus
+from .scope import ResyncRefused, ResyncScope, preview_resync
+
+RESYNC_PERMISSION = "gradesync.resync_grades"
+INSTRUCTOR_COOLDOWN = datetime.timedelta(minutes=10)
+
+
+def _requester_name(job: ResyncJob) -> str:
+    return job.requested_by_name or "someone"
+
+
+def start_resync(
+    *,
+    scope: ResyncScope,
+    acting_user: AbstractBaseUser | None = None,
+    instructor: LtiUser | None = None,
+) -> ResyncJob:
+    """Write a queued job for `scope`, audit it, and queue its planning after commit.
+
+    Staff need `gradesync.resync_grades`; an instructor's request comes through
+    `request_course_resync`, which checks the course is theirs. Raises ResyncRefused when a job
+    of the same scope is queued or running (the partial unique constraint decides, so two
+    simultaneous requests cannot both pass).
+    """
+    if instructor is None and (acting_user is None or not acting_user.has_perm(RESYNC_PERMISSION)):
+        raise PermissionDenied("Only Support staff resync grades.")
+    # A job whose deliveries have all settled is done, even if nobody has looked since.
+    for active in _same_scope(scope).filter(status__in=ACTIVE_JOB_STATUSES):
+        refresh_progress(active)
+    estimated = preview_resync(scope).grades
+    if acting_user is not None:
+        name = acting_user.get_username()
+    else:
+        name = f"Instructor {instructor.name or instructor.email or instructor.sub}"
+    try:
+        with transaction.atomic():
+            job = ResyncJob.objects.create(
+                institution=scope.institution, course=scope.course, lti_user=scope.lti_user,
+                activity_key=scope.activity_key, delivery=scope.delivery, completed_from=scope.completed_from,
+                completed_until=scope.completed_until, only_changed=scope.only_changed,
+                requested_by=acting_user, requested_by_instructor=instructor, requested_by_name=name[:200],
+                estimated=estimated,
+            )
+            record_staff_change(
+                actor=acting_user,
+                action="resync.requested",
+                obj=job,
+                institution=scope.institution,
+                changes={"scope": (None, scope.describe()), "grades": (None, estimated), "requested_by": (None, name)},
+            )
+    except IntegrityError:
+        running = _same_scope(scope).filter(status__in=ACTIVE_JOB_STATUSES).first()
+        detail = f" (#{running.pk}, asked by {_requester_name(running)} at {running.created_at:%H:%M} UTC)" if running else ""
+        raise ResyncRefused(
+            f"A resync of this scope is already queued or running{detail}. Wait for it to finish, or cancel it first."
+        ) from None
+    transaction.on_commit(lambda: _queue_job(job.pk), robust=True)
+    return job
+
+
+def _same_scope(scope: ResyncScope) -> QuerySet[ResyncJob]:
+    return ResyncJob.objects.filter(
+        institution=scope.institution, course=scope.course, lti_user=scope.lti_user,
+        activity_key=scope.activity_key, delivery=scope.delivery, completed_from=scope.completed_from,
+        completed_until=scope.completed_until, only_changed=scope.only_changed,
+    )
+
+
+def _queue_job(job_id: int, *, countdown: float | None = None) -> None:
+    from ..tasks import run_resync_job
+
+    run_resync_job.apply_async(args=[job_id], queue="resync", countdown=countdown)
+
+
+@dataclass(frozen=True)
+class CourseResyncRequest:
+    """What happened to an instructor's request: started (job id) or refused (why, and when it may be asked again)."""
+
+    started: bool
+    message: str
+    job_id: int | None = None
+    retry_at: datetime.datetime | None = None
+
+
+@transaction.atomic
+def request_course_resync(*, course: Course, instructor: LtiUser) -> CourseResyncRequest:
+    """An instructor resyncs their own course: one active job per course, at most once per 10 minutes.
+
+    The caller has checked that `instructor` launched from `course` as an instructor.
+    """
+    course = Course.objects.select_for_update().select_related("institution").get(pk=course.pk)  # serializes requests per course
+    now = timezone.now()
+    recent = (
+        ResyncJob.objects.filter(course=course, requested_by_instructor__isnull=False, created_at__gt=now - INSTRUCTOR_COOLDOWN)
+        .order_by("-created_at")
+        .first()
+    )
+    if recent is not None:
+        retry_at = recent.created_at + INSTRUCTOR_COOLDOWN
+        return CourseResyncRequest(
+            started=False,
+            message=f"This course was resynced at {recent.created_at:%H:%M} UTC; you can resync it again at "
+            f"{retry_at:%H:%M} UTC (once every 10 minutes).",
+            retry_at=retry_at,
+        )
+    try:
+        job = start_resync(scope=ResyncScope(institution=course.institution, course=course), instructor=instructor)
+    except ResyncRefused as refusal:
+        return CourseResyncRequest(started=False, message=str(refusal))
+    return CourseResyncRequest(
+        started=True, job_id=job.pk, message=f"Resync started: {job.estimated} grades will be sent to the LMS again."
+    )
+
+
+@transaction.atomic
+def cancel_resync(*, job: ResyncJob, acting_user: AbstractBaseUser) -> int:
+    """Cancel a queued or running job. Returns how many queued deliveries were withdrawn.
+
+    Planning stops before its next batch; deliveries that no worker has picked up and that carry
+    no newer live grade are withdrawn; the rest finish normally.
+    """
+    if not acting_user.has_perm(RESYNC_PERMISSION):
+        raise PermissionDenied("Only Support staff cancel resyncs.")
+    job = ResyncJob.objects.select_for_update().get(pk=job.pk)
+    if not job.is_active:
+        raise ResyncRefused(f"This resync is already {job.get_status_display().lower()}.")
+    withdrawn, _ = Delivery.objects.filter(
+        resync_job=job, status=DeliveryStatus.PENDING, attempts=0, version=1
+    ).delete()
+    now = timezone.now()
+    ResyncJob.objects.filter(pk=job.pk).update(
+        status=ResyncJobStatus.CANCELLED, finished_at=now, skipped=F("skipped") + withdrawn,
+        message=f"Cancelled by {acting_user.get_username()}; {withdrawn} queued grades withdrawn.",
+    )
+    record_staff_change(
+        actor=acting_user, action="resync.cancelled", obj=job, institution=job.institution,
+        changes={"status": (job.status, ResyncJobStatus.CANCELLED.value), "withdrawn": (None, withdrawn)},
+    )
+    job.refresh_from_db()
+    refresh_progress(job)
+    return withdrawn
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: int
+    status: str
+    status_label: str
+    estimated: int
+    planned: int
+    sent: int
+    refused: int
+    failed: int
+    skipped: int
+    pending: int
+    planning: bool
+    active: bool
+    percent: int
+    message: str
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def refresh_progress(job: ResyncJob) -> Progress:
+    """Read the job's outcomes from its deliveries (one aggregate) and store them; finish a settled job."""
+    counts = Delivery.objects.filter(resync_job=job).aggregate(
+        sent=Count("id", filter=Q(status=DeliveryStatus.SENT)),
+        refused=Count("id", filter=Q(status=DeliveryStatus.REFUSED)),
+        failed=Count("id", filter=Q(status=DeliveryStatus.DEAD)),
+        pending=Count("id", filter=Q(status__in=OPEN_STATUSES)),
+    )
+    fields = {name: counts[name] for name in ("sent", "refused", "failed")}
+    if job.status == ResyncJobStatus.RUNNING and job.planned_at is not None and counts["pending"] == 0:
+        now = timezone.now()
+        if ResyncJob.objects.filter(pk=job.pk, status=ResyncJobStatus.RUNNING).update(
+            status=ResyncJobStatus.DONE, finished_at=now, **fields
+        ):
+            job.status, job.finished_at = ResyncJobStatus.DONE, now
+    if any(getattr(job, name) != value for name, value in fields.items()):
+        ResyncJob.objects.filter(pk=job.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(job, name, value)
+    return progress_of(job, pending=counts["pending"])
+
+
+PROGRESS_RECOUNT_SECONDS = 2
+
+
+def polled_progress(job: ResyncJob) -> Progress:
+    """The progress a page polls for: recounted at most every few seconds per job, whoever asks.
+
+    A recount reads the job's deliveries (~80 ms at 100k rows); every open tab polls each second,
+    and the database they load is the one the job's sends need. In between, the stored counters.
+    """
+    from django.core.cache import cache
+
+    if job.is_active and cache.add(f"resync-progress:{job.pk}", 1, PROGRESS_RECOUNT_SECONDS):
+        return refresh_progress(job)
+    return progress_of(job)
+
+
+def progress_of(job: ResyncJob, *, pending: int | None = None) -> Progress:
+    settled = job.sent + job.refused + job.failed + job.skipped
+    total = max(job.estimated, job.planned + job.skipped) if job.planned_at is None else job.planned + job.skipped
+    if job.status in (ResyncJobStatus.DONE,):
+        percent = 100
+    else:
+        percent = int(100 * settled / total) if total else 0
+    return Progress(
+        job_id=job.pk, status=job.status, status_label=job.get_status_display(), estimated=job.estimated,
+        planned=job.planned, sent=job.sent, refused=job.refused, failed=job.failed, skipped=job.skipped,
+        pending=pending if pending is not None else max(job.planned - job.sent - job.refused - job.failed, 0),
+        planning=job.is_active and job.planned_at is None, active=job.is_active, percent=min(percent, 100), message=job.message,
+    )
