@@ -115,7 +115,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=100
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery's Django fixup closes every database connection before and after each task unless this
 # is set: a new PostgreSQL connection per grade delivery (measured: the largest cost of a delivery).
-# Set, connections are kept; gradesync.services.deliver drops broken or obsolete ones itself
+# Set, connections are kept; gradesync.sender.deliver drops broken or obsolete ones itself
 # (django.db.close_old_connections, honouring CONN_MAX_AGE and CONN_HEALTH_CHECKS).
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}

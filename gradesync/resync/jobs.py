@@ -6,6 +6,7 @@ import datetime
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q, QuerySet
@@ -15,6 +16,7 @@ from lti_tool.models import LtiUser
 from institutions.audit import record_staff_change
 from institutions.models import Course
 
+from .. import queue
 from ..models import ACTIVE_JOB_STATUSES, OPEN_STATUSES, Delivery, DeliveryStatus, ResyncJob, ResyncJobStatus
 from .scope import ResyncRefused, ResyncScope, preview_resync
 
@@ -84,9 +86,7 @@ def _same_scope(scope: ResyncScope) -> QuerySet[ResyncJob]:
 
 
 def _queue_job(job_id: int, *, countdown: float | None = None) -> None:
-    from ..tasks import run_resync_job
-
-    run_resync_job.apply_async(args=[job_id], queue="resync", countdown=countdown)
+    queue.send(queue.RUN_RESYNC_JOB, [job_id], queue="resync", countdown=countdown)
 
 
 @dataclass(frozen=True)
@@ -210,8 +210,6 @@ def polled_progress(job: ResyncJob) -> Progress:
     A recount reads the job's deliveries (~80 ms at 100k rows); every open tab polls each second,
     and the database they load is the one the job's sends need. In between, the stored counters.
     """
-    from django.core.cache import cache
-
     if job.is_active and cache.add(f"resync-progress:{job.pk}", 1, PROGRESS_RECOUNT_SECONDS):
         return refresh_progress(job)
     return progress_of(job)

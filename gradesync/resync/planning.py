@@ -1,7 +1,7 @@
 """Resync planning: a job's grades planned in set-based batches of keys (the planning SQL), its continuation queued
 when a time slice ends, and the fan-out that starts senders for each planned batch.
 
-Planning writes the same outbox rows `services.plan_delivery(resync=True)` writes, a batch of
+Planning writes the same outbox rows `ledger.plan_delivery(resync=True)` writes, a batch of
 5,000 grades at a time in a handful of statements: the keys, one query that picks each key's
 grade by the policy and its line item (`_targets`), and one INSERT … ON CONFLICT DO UPDATE per
 partial unique constraint, so a pair that already has an open row gets the new grade in it, even
@@ -23,7 +23,7 @@ from lti_tool.models import LtiLineItem, LtiResourceLink
 
 from institutions.models import Course
 
-from .. import services
+from .. import line_items, queue, sender
 from ..models import ACTIVE_JOB_STATUSES, OPEN_STATUSES, Delivery, DeliveryStatus, ResyncJob, ResyncJobStatus
 from . import jobs
 from .jobs import refresh_progress
@@ -99,16 +99,14 @@ def _plan_one_batch(job_id: int, *, batch_size: int) -> str:
 
 def _enqueue_deliveries(job_id: int, ids: list[int]) -> None:
     """One message per batch: a resync worker fans it out, so planning does not wait on the broker per grade."""
-    from ..tasks import queue_resync_deliveries
-
     if ids:
-        queue_resync_deliveries.apply_async(args=[job_id, ids], queue="resync")
+        queue.send(queue.QUEUE_RESYNC_DELIVERIES, [job_id, ids], queue="resync")
 
 
 def fan_out(job_id: int, ids: list[int]) -> int:
     """Start senders for a planned batch, unless the job was cancelled meanwhile; returns the tasks queued.
 
-    Each LMS of the batch gets as many tasks as it allows requests in flight (services.wake_senders),
+    Each LMS of the batch gets as many tasks as it allows requests in flight (sender.wake_senders),
     not a task per row: 5,000 tasks per batch cost the workers a round trip each for nothing, and,
     queued in key order, kept an institution's other LMSes idle behind the first one's rows
     (bench_resync --deliver).
@@ -116,7 +114,7 @@ def fan_out(job_id: int, ids: list[int]) -> int:
     if ResyncJob.objects.filter(pk=job_id, status=ResyncJobStatus.CANCELLED).exists():
         return 0
     rows = Delivery.objects.filter(pk__in=ids).order_by("pk").values_list("pk", "registration_id", "is_resync")
-    return services.wake_senders(list(rows))
+    return sender.wake_senders(list(rows))
 
 
 class _Target(NamedTuple):
@@ -137,7 +135,7 @@ class _Target(NamedTuple):
 
 
 def _targets(scope: ResyncScope, keys: list[Key], policy: str) -> list[_Target]:
-    """One query for a batch: the policy's result per key and the line item services._line_item_for would pick.
+    """One query for a batch: the policy's result per key and the line item line_items.line_item_for would pick.
 
     That is the line item bound to the result's link, else the newest whose resource_id is the
     activity; a result without a link matches on the activity only, never on "any line item with
@@ -188,14 +186,14 @@ def _plan_keys(job: ResyncJob, scope: ResyncScope, keys: list[Key]) -> list[int]
 
 
 def _warn_several_line_items(found: set[tuple[int, str, int | None]]) -> None:
-    """The live path's SyncWarning "duplicate_line_items" (services._line_item_for writes it) for each
+    """The live path's SyncWarning "duplicate_line_items" (line_items.line_item_for writes it) for each
     (course, activity, link) that several line items match."""
     if not found:
         return
     courses = Course.objects.in_bulk({course_id for course_id, _, _ in found})
     links = LtiResourceLink.objects.in_bulk({link_id for _, _, link_id in found if link_id is not None})
     for course_id, activity_key, link_id in found:
-        services._line_item_for(courses[course_id], activity_key, links.get(link_id))
+        line_items.line_item_for(courses[course_id], activity_key, links.get(link_id))
 
 
 _OPEN_SQL = "status IN ({})".format(", ".join(f"'{status.value}'" for status in OPEN_STATUSES))
