@@ -11,6 +11,7 @@ from gradesync import api as gradesync_api
 from institutions.services import upsert_course_from_launch
 
 from ..models import Activity, ActivityLink, Launch, LaunchRole, Placement
+from .refusals import LaunchRefused
 from .verification import DEEP_LINKING_REQUEST, DL, RESOURCE_LINK_REQUEST, VerifiedLaunch
 
 AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
@@ -64,6 +65,33 @@ def _activity_from(custom: dict[str, str], placement: Placement | None) -> Activ
         if activity is not None:
             return activity
     return placement.activity if placement else None
+
+
+def refuse_dead_ends(verified: VerifiedLaunch) -> None:
+    """Refuse, before anything is written, a verified launch that leads this user nowhere.
+
+    A deep-linking request from anyone but an instructor, or a learner's link that names none of our
+    activities (no activity in its custom parameters, no link bound at an earlier launch): the
+    launch is genuine, but a refused launch writes no user, course or Launch.
+    """
+    role = role_from_claims(verified.claim("roles") or [])
+    if verified.message_type == DEEP_LINKING_REQUEST:
+        if role != LaunchRole.INSTRUCTOR:
+            raise LaunchRefused("Only instructors can add activities to a course.", status=403, return_url=verified.return_url)
+        return
+    if role == LaunchRole.INSTRUCTOR or _activity_from(verified.custom, _placement_from(verified.custom)) is not None:
+        return
+    bound = ActivityLink.objects.filter(
+        resource_link__id_on_platform=str(verified.claim("resource_link")["id"]),
+        resource_link__context__id_on_platform=str(verified.claim("context")["id"]),
+        resource_link__context__deployment=verified.deployment,
+    )
+    if not bound.exists():
+        raise LaunchRefused(
+            "This link is not connected to an activity. Ask your instructor to add it again from the tool.",
+            status=404,
+            return_url=verified.return_url,
+        )
 
 
 def _bind_activity(

@@ -19,7 +19,7 @@ from ..sessions import bind_session_to_launch, current_launch
 from .deep_linking import PickedItem, PickRefused, deep_linking_response
 from .login import start_login
 from .refusals import LaunchRefused, posted_form
-from .services import record_launch
+from .services import record_launch, refuse_dead_ends
 from .verification import DEEP_LINKING_REQUEST, verify_launch
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class LaunchView(LtiLaunchBaseView):
     def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         try:
             verified = verify_launch(request)
+            refuse_dead_ends(verified)
         except LaunchRefused as refusal:
             logger.info("launch refused: %s", refusal.reason)
             if refusal.return_url:
@@ -83,19 +84,10 @@ class LaunchView(LtiLaunchBaseView):
         launch, activity_link = record_launch(verified)
         bind_session_to_launch(request, launch)
         if launch.message_type == DEEP_LINKING_REQUEST:
-            if not launch.is_instructor:
-                return refused(request, "Only instructors can add activities to a course.", status=403, return_url=launch.return_url)
             return HttpResponseRedirect(reverse("lti-pick"))
         if activity_link is not None:
             return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": activity_link.pk}))
-        if launch.is_instructor:
-            return HttpResponseRedirect(reverse("courseware:schedule"))
-        return refused(
-            request,
-            "This link is not connected to an activity. Ask your instructor to add it again from the tool.",
-            status=404,
-            return_url=launch.return_url,
-        )
+        return HttpResponseRedirect(reverse("courseware:schedule"))  # an instructor's link that is not ours
 
 
 def _picks_from(post, activities: dict[int, Activity]) -> list[PickedItem]:

@@ -189,12 +189,12 @@ def test_moodle_style_integer_ids_are_accepted_as_their_strings(connected):
     """Platforms that serialise database ids as JSON numbers: the stored id is the same decimal string."""
     numeric = LtiDeployment.objects.create(registration=connected.registration, deployment_id="42", is_active=True)
     DeploymentOwnership.objects.create(deployment=numeric, institution=connected.institution)
+    activity = ActivityFactory(slug="moodle-quiz", title="Moodle quiz")
     response = launch(connected, {
         LTI + "deployment_id": 42, (LTI + "context", "id"): 7, (LTI + "resource_link", "id"): 9,
-        (LTI + "tool_platform", "guid"): 1234,
+        (LTI + "tool_platform", "guid"): 1234, LTI + "custom": {"activity_id": str(activity.pk)},
     })
-    # Verified and recorded; the link is not one of our activities, which the tool says after recording it.
-    assert response.status_code == 404 and "not connected to an activity" in response.text, response.text[:500]
+    assert response.status_code == 302 and "/courseware/play/" in response.headers["Location"], response.text[:500]
     launch_row = Launch.objects.get()
     assert launch_row.deployment.deployment_id == "42"
     assert launch_row.course.context.id_on_platform == "7"

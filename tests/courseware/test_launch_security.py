@@ -103,15 +103,47 @@ def refused(connected, *, expect_status, expect_reason, sign=None, headers=None,
     return response
 
 
+def verified_but_unconnected(response) -> bool:
+    """Past every check: the sandbox's seeded link is not one of our activities, which is said last
+    (back to the LMS with lti_errormsg), so reaching it proves the token was verified."""
+    return response.status_code == 302 and "lti_errormsg=This+link+is+not+connected" in response.headers["Location"]
+
+
 def test_a_well_formed_token_is_accepted(connected):
     """The control case: the crafting itself is right, so each refusal below is due to its one fault."""
     http = lms.browser()
     login = lms.login_for_crafted_token(http, connected, connected.students[0])
     pem, kid = platform_key(connected)
     response = post(http, login, jwt.encode(claims_for(connected, login), pem, algorithm="RS256", headers={"kid": kid}))
-    # The sandbox's seeded link is not one of our activities: the tool says so, after a verified launch.
-    assert response.status_code == 404 and "not connected to an activity" in response.text
-    assert Launch.objects.filter(role="learner").count() == 1
+    # The sandbox's seeded link is not one of our activities: the tool says so only after a verified
+    # launch (the reason is reached past every check), and, the launch leading nowhere, writes nothing.
+    assert verified_but_unconnected(response)
+    assert not Launch.objects.exists() and not LtiUser.objects.filter(sub=connected.students[0].sub).exists()
+
+
+def test_a_well_formed_instructor_launch_is_recorded(connected):
+    """An instructor's launch of a link that is not one of ours still leads somewhere: the schedule."""
+    http = lms.browser()
+    login = lms.login_for_crafted_token(http, connected, connected.instructor)
+    pem, kid = platform_key(connected)
+    claims = claims_for(connected, login, sub=connected.instructor.sub,
+                        lti_roles=["http://purl.imsglobal.org/vocab/lis/v2/membership#Instructor"])
+    response = post(http, login, jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid}))
+    assert response.status_code == 302 and response.headers["Location"].endswith("/courseware/schedule/")
+    assert Launch.objects.filter(role="instructor").count() == 1
+
+
+def test_a_learners_deep_linking_request_is_refused_before_anything_is_written(connected):
+    http = lms.browser()
+    login = lms.login_for_crafted_token(http, connected, connected.students[0])
+    pem, kid = platform_key(connected)
+    claims = claims_for(connected, login, lti_message_type="LtiDeepLinkingRequest", lti_resource_link=None)
+    claims["https://purl.imsglobal.org/spec/lti-dl/claim/deep_linking_settings"] = {
+        "deep_link_return_url": f"{connected.base_url}/sandbox-lms/return/"}
+    users = LtiUser.objects.count()
+    response = post(http, login, jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid}))
+    assert response.status_code == 302 and "lti_errormsg=Only+instructors" in response.headers["Location"]
+    assert not Launch.objects.exists() and LtiUser.objects.count() == users
 
 
 def test_forged_signature(connected):
@@ -221,7 +253,7 @@ def test_a_little_clock_skew_is_tolerated(connected):
     login = lms.login_for_crafted_token(http, connected, connected.students[0])
     pem, kid = platform_key(connected)
     token = jwt.encode(claims_for(connected, login, iat=int(time.time()) + 2), pem, algorithm="RS256", headers={"kid": kid})
-    assert post(http, login, token).status_code == 404  # verified; the link just has no activity
+    assert verified_but_unconnected(post(http, login, token))
 
 
 def test_missing_nonce(connected):
@@ -237,7 +269,7 @@ def test_replayed_token(connected):
     login = lms.login_for_crafted_token(http, connected, connected.students[0])
     pem, kid = platform_key(connected)
     token = jwt.encode(claims_for(connected, login), pem, algorithm="RS256", headers={"kid": kid})
-    assert post(http, login, token).status_code == 404
+    assert verified_but_unconnected(post(http, login, token))
     launches = Launch.objects.count()
     again = post(http, login, token)
     assert again.status_code == 401 and "already used" in again.text
@@ -378,7 +410,7 @@ def test_nonce_of_another_login_of_this_tool(connected):
     before = rows()
     response = post(http, second, token)
     assert_refused(response, before, status=401, reason="nonce was not issued by this tool's login for this launch")
-    assert post(http, first, token).status_code == 404  # its own state: verified (the link has no activity)
+    assert verified_but_unconnected(post(http, first, token))  # its own state: verified
 
 
 def test_a_state_this_tool_never_issued_even_with_its_cookie(connected):
@@ -497,7 +529,7 @@ def test_an_absurd_expiry_is_harmless(connected):
     login = lms.login_for_crafted_token(http, connected, connected.students[0])
     pem, kid = platform_key(connected)
     token = jwt.encode(claims_for(connected, login, exp=10**400), pem, algorithm="RS256", headers={"kid": kid})
-    assert post(http, login, token).status_code == 404
+    assert verified_but_unconnected(post(http, login, token))
     assert post(http, login, token).status_code == 401
 
 
@@ -542,4 +574,4 @@ def test_behind_a_tls_proxy_the_state_and_nonce_live_under_the_login_session_coo
     cookies["lti1p3-session-id"], mine = other_session.cookies["lti1p3-session-id"], cookies["lti1p3-session-id"]
     assert_refused(launch(list(cookies)), before, status=401, reason="expired or was not made by this tool")
     cookies["lti1p3-session-id"] = mine
-    assert launch(list(cookies)).status_code == 404  # verified: the sandbox's link has no activity
+    assert verified_but_unconnected(launch(list(cookies)))
