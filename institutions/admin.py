@@ -24,7 +24,9 @@ from lti_tool.models import Key, LtiDeployment, LtiRegistration
 from . import services, tool_configuration
 from .audit import institution_of, record_staff_change
 from .keys import fingerprint, public_pem
-from .models import AuditEntry, Course, CourseDatesSource, DeploymentOwnership, GradePolicy, Institution, RegistrationProfile
+from .models import (
+    AuditEntry, Course, CourseDatesSource, DeploymentOwnership, GradePolicy, Institution, LmsFamily, RegistrationProfile,
+)
 from .redaction import redact
 
 
@@ -149,8 +151,26 @@ class GradePolicyForm(forms.Form):
     grade_policy = forms.ChoiceField(choices=GradePolicy.choices, widget=forms.RadioSelect, label=_("Grade policy"))
 
 
+class InstitutionForm(forms.ModelForm):
+    class Meta:
+        model = Institution
+        fields = ["name", "slug", "is_active"]
+
+    def clean_slug(self) -> str:
+        # Slugs are stored lower-case and unique in any case (the institution_slug_unique_ci constraint).
+        slug = (self.cleaned_data.get("slug") or "").lower()
+        existing = Institution.objects.filter(slug__iexact=slug).exclude(pk=self.instance.pk).first()
+        if existing is not None:
+            raise ValidationError(
+                _("An institution with this slug already exists: %(name)s (“%(slug)s”; slugs ignore case).")
+                % {"slug": existing.slug, "name": existing}
+            )
+        return slug
+
+
 @admin.register(Institution)
 class InstitutionAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = InstitutionForm
     list_display = ["name", "slug", "grade_policy", "is_active", "deployment_count", "course_count", "created_at"]
     list_filter = ["grade_policy", "is_active"]
     search_fields = ["name", "slug"]
@@ -305,9 +325,33 @@ class RegistrationForm(forms.ModelForm):
         help_text=_("The tool's published keys (JWKS) then sign for this registration."),
     )
 
+    institution_name = ""  # set by RegistrationAdmin.get_form when the add page was opened for an institution
+
     class Meta:
         model = LtiRegistration
         fields = "__all__"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, text in tool_configuration.REGISTRATION_FIELD_HELP.items():
+            if name in self.fields:
+                self.fields[name].help_text = text
+        if "name" in self.fields:
+            self.fields["name"].required = False  # blank: named after its LMS and issuer (clean)
+            # Admin help texts are rendered as HTML: no angle brackets.
+            self.fields["name"].help_text = _("Leave blank for “LMS — issuer host” (or “institution — LMS”).")
+
+    def clean_issuer(self) -> str:
+        # One platform, one spelling: "https://lms.edu/" and "https://lms.edu" must meet in the uniqueness check.
+        return (self.cleaned_data.get("issuer") or "").strip().rstrip("/")
+
+    def clean_client_id(self) -> str:
+        client_id = (self.cleaned_data.get("client_id") or "").strip()
+        if any(char.isspace() or not char.isprintable() for char in client_id):
+            raise ValidationError(
+                _("A client ID has no spaces or invisible characters inside: copy it again from the LMS.")
+            )
+        return client_id
 
     @property
     def changed_data(self) -> list[str]:
@@ -358,7 +402,35 @@ class RegistrationForm(forms.ModelForm):
             value = cleaned.get(field) or ""
             if tool_configuration.PLACEHOLDER in value or "CLIENT_ID" in value:
                 self.add_error(field, _("Replace the placeholder (HOST.example or CLIENT_ID) with this LMS's value."))
+            elif field != "issuer" and value and (refusal := tool_configuration.endpoint_refusal(value)):
+                self.add_error(field, refusal)
+        self._refuse_registered_twice(cleaned)
+        if not cleaned.get("name") and "name" in self.fields:
+            cleaned["name"] = tool_configuration.default_registration_name(
+                lms=self._lms_label(), institution=self.institution_name, issuer=cleaned.get("issuer") or ""
+            )
+            if not cleaned["name"]:
+                self.add_error("name", _("Name this registration (e.g. \"North College — Moodle\")."))
         return cleaned
+
+    def _refuse_registered_twice(self, cleaned: dict) -> None:
+        """A form error naming the registration that already has this issuer and client ID (any trailing slash)."""
+        issuer, client_id = cleaned.get("issuer"), cleaned.get("client_id")
+        if not issuer or not client_id or "client_id" in self.errors:
+            return
+        existing = (
+            LtiRegistration.objects.filter(issuer__in=[issuer, f"{issuer}/"], client_id=client_id)
+            .exclude(pk=self.instance.pk)
+            .first()
+        )
+        if existing is not None:
+            # On client_id, so the model's own (issuer, client_id) check does not say it a second time.
+            self.add_error("client_id", _("A registration with this issuer and client ID already exists: “%s”.") % existing)
+
+    def _lms_label(self) -> str:
+        # The LMS is chosen in the profile inline, posted beside this form.
+        family = self.data.get("profile-0-lms_family", "")
+        return LmsFamily(family).label if family in LmsFamily.values and family != LmsFamily.OTHER else "LMS"
 
 
 admin.site.unregister(LtiRegistration)  # django-lti's own admin, replaced by ours below
@@ -422,12 +494,30 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
         url = reverse("admin:lti_tool_ltiregistration_tool_configuration", args=[registration.pk])
         return format_html('<a href="{}">{}</a>', url, _("For the LMS admin"))
 
+    def _institution_from_query(self, request: HttpRequest) -> Institution | None:
+        # The add page opened from an institution's page ("Register an LMS for …") knows whose LMS it is.
+        pk = request.GET.get("institution", "")
+        return Institution.objects.filter(pk=pk).first() if pk.isdigit() else None
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> type[forms.ModelForm]:
+        form = super().get_form(request, obj, **kwargs)
+        institution = self._institution_from_query(request) if obj is None else None
+        if institution is not None:
+            form = type(form.__name__, (form,), {"institution_name": str(institution)})
+        return form
+
     def get_changeform_initial_data(self, request: HttpRequest) -> dict:
         initial = super().get_changeform_initial_data(request)
+        initial.pop("institution", None)  # a query parameter of ours, not a registration field
         preset = tool_configuration.PRESETS.get(request.GET.get("preset", ""))
         if preset:
+            institution = self._institution_from_query(request)
             initial.update(
-                name=preset.name,
+                name=tool_configuration.default_registration_name(
+                    lms=LmsFamily(preset.lms_family).label,
+                    institution=str(institution) if institution else "",
+                    issuer=preset.issuer,
+                ),
                 issuer=preset.issuer,
                 auth_url=preset.auth_url,
                 token_url=preset.token_url,
@@ -445,6 +535,7 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
 
     def render_change_form(self, request: HttpRequest, context: dict, *args: Any, **kwargs: Any) -> HttpResponse:
         context["presets"] = tool_configuration.PRESETS
+        context["for_institution"] = self._institution_from_query(request)
         return super().render_change_form(request, context, *args, **kwargs)
 
     def get_urls(self) -> list:
@@ -506,6 +597,22 @@ class AssignDeploymentForm(forms.Form):
     activate = forms.BooleanField(required=False, initial=True, label=_("Activate (accept launches and grades)"))
 
 
+def is_pending(deployment: LtiDeployment) -> bool:
+    """Inactive or owned by no institution: it launches nothing yet."""
+    return not deployment.is_active or getattr(deployment, "ownership", None) is None
+
+
+def suggested_institution(deployment: LtiDeployment) -> Institution | None:
+    """Its owner, or else the one institution owning the registration's other deployments (an LMS serves one school)."""
+    ownership = getattr(deployment, "ownership", None)
+    if ownership is not None:
+        return ownership.institution
+    owners = list(
+        Institution.objects.filter(deployments__deployment__registration_id=deployment.registration_id).distinct()[:2]
+    )
+    return owners[0] if len(owners) == 1 else None
+
+
 @admin.register(LtiDeployment)
 class DeploymentAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_display = ["deployment_id", "registration", "status", "institution", "platform", "datetime_created"]
@@ -517,6 +624,52 @@ class DeploymentAdmin(AuditedAdminMixin, admin.ModelAdmin):
     actions = ["assign_to_institution"]
     ordering = ["-datetime_created"]
     show_full_result_count = False
+    change_form_template = "admin/lti_tool/ltideployment/change_form.html"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: LtiDeployment | None = None) -> list[str]:
+        # Its launches, courses and grades came through this registration: moving it would re-home them silently.
+        readonly = list(super().get_readonly_fields(request, obj))
+        return ["registration", *readonly] if obj is not None else readonly
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "<path:object_id>/assign-and-activate/",
+                self.admin_site.admin_view(self.assign_and_activate_view),
+                name="lti_tool_ltideployment_assign_and_activate",
+            ),
+            *super().get_urls(),
+        ]
+
+    def render_change_form(self, request: HttpRequest, context: dict, *args: Any, obj: Any = None, **kwargs: Any) -> HttpResponse:
+        if obj is not None and is_pending(obj) and self.has_change_permission(request, obj):
+            suggested = suggested_institution(obj)
+            context["assign_suggested"] = suggested
+            context["assign_form"] = AssignDeploymentForm(initial={"institution": suggested.pk if suggested else None})
+        return super().render_change_form(request, context, *args, obj=obj, **kwargs)
+
+    def assign_and_activate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The change page's one-click "Assign to … and activate": one POST, audited by services.assign_deployment."""
+        deployment = get_object_or_404(LtiDeployment, pk=object_id)
+        if not self.has_change_permission(request, deployment):
+            raise PermissionDenied
+        change_url = reverse("admin:lti_tool_ltideployment_change", args=[deployment.pk])
+        if request.method != "POST":
+            return HttpResponseRedirect(change_url)
+        form = AssignDeploymentForm(request.POST)
+        if not form.is_valid():
+            self.message_user(request, _("Choose the institution this deployment belongs to."), messages.ERROR)
+            return HttpResponseRedirect(change_url)
+        institution = form.cleaned_data["institution"]
+        try:
+            with transaction.atomic():
+                services.assign_deployment(deployment=deployment, institution=institution, activate=True, acting_user=request.user)
+        except ValidationError as error:
+            self.message_user(request, " ".join(error.messages), messages.ERROR)
+            return HttpResponseRedirect(change_url)
+        self.log_change(request, deployment, f"Assigned to {institution} and activated")
+        self.message_user(request, _("Deployment %(d)s now belongs to %(inst)s and is active.") % {"d": deployment.deployment_id, "inst": institution})
+        return HttpResponseRedirect(change_url)
 
     @admin.display(description=_("status"))
     def status(self, deployment: LtiDeployment) -> str:

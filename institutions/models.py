@@ -12,6 +12,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.utils.translation import gettext_lazy as _
 from lti_tool.models import LtiContext, LtiDeployment, LtiRegistration
 
@@ -52,6 +53,11 @@ class Institution(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(grade_policy__in=GradePolicy.values), name="institution_grade_policy_valid"
+            ),
+            # "North" and "north" would be two tenants to the database and one to every person reading a URL.
+            models.UniqueConstraint(
+                Lower("slug"), name="institution_slug_unique_ci",
+                violation_error_message=_("An institution with this slug (in any case) already exists."),
             ),
         ]
         indexes = [models.Index(fields=["name"], name="institution_name_idx")]

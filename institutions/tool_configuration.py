@@ -4,6 +4,7 @@ The tool's public paths are defined once here; `config/urls.py` mounts the views
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -106,6 +107,74 @@ PRESETS = {
         keyset_url=f"https://{PLACEHOLDER}/mod/lti/certs.php",
     ),
 }
+
+
+# Where each LMS shows the platform's values the registration form asks for (the LMS admin reads them out).
+REGISTRATION_FIELD_HELP = {
+    "issuer": (
+        "The platform's issuer, no trailing slash. Canvas: https://canvas.instructure.com for every hosted school. "
+        "Moodle: \"Platform ID\" in the tool's \"View configuration details\" (the site URL). "
+        "Blackboard: https://blackboard.com. D2L: \"Issuer\" on the tool's registration page (Manage Extensibility → "
+        "LTI Advantage). Schoology: https://schoology.schoology.com. Sakai: \"Issuer\" in the tool's LTI 1.3 platform information."
+    ),
+    "client_id": (
+        "Canvas: the developer key's number (\"Client ID\" column of Developer Keys). Moodle: \"Client ID\" in "
+        "\"View configuration details\". Blackboard: the application ID from the Anthology developer portal. "
+        "D2L: \"Client Id\" on the registration page. Schoology: the app's \"Client ID\". Sakai: \"Client ID\" in the tool's LTI 1.3 platform information."
+    ),
+    "auth_url": (
+        "Where logins are sent. Moodle: \"Authentication request URL\". D2L: \"OpenID Connect Authentication "
+        "Endpoint\". Sakai: \"OIDC Authentication URL\". Canvas, Blackboard, Schoology: the preset's value."
+    ),
+    "token_url": (
+        "Where service tokens are requested. Moodle: \"Access token URL\". D2L: \"Brightspace OAuth2 Access Token "
+        "URL\". Sakai: \"Token URL\". Canvas, Blackboard, Schoology: the preset's value."
+    ),
+    "keyset_url": (
+        "The platform's public keys. Moodle: \"Public keyset URL\". D2L: \"Brightspace Keyset URL\". "
+        "Sakai: \"Keyset URL\". Blackboard: the preset with CLIENT_ID replaced. Canvas, Schoology: the preset's value."
+    ),
+    "audience": (
+        "Only when the platform asks for one. D2L: \"Brightspace OAuth2 Audience\" "
+        "(https://api.brightspace.com/auth/token). Others: leave blank (the token URL is used)."
+    ),
+}
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 and localhost: only a platform on this very machine (the sandbox LMS, a dev Moodle)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_refusal(url: str) -> str | None:
+    """Why a platform endpoint (auth, token, keyset) must not be saved, or None when it may.
+
+    Keys and tokens cross these URLs, so plain http is allowed only to this machine and only in a
+    development or sandbox installation.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        if settings.DEBUG or settings.SANDBOX_LMS:
+            return None
+        return "Plain http is allowed only for a local platform (127.0.0.1, localhost) in a development or sandbox installation: use https."
+    return "Must be an https URL: keys and tokens travel over it."
+
+
+def default_registration_name(*, lms: str, institution: str = "", issuer: str = "") -> str:
+    """"<institution> — <LMS>" when the institution is known, else "<LMS> — <issuer host>"."""
+    if institution:
+        return f"{institution} — {lms}"
+    host = urlsplit(issuer).hostname or ""
+    return f"{lms} — {host}" if host and PLACEHOLDER.lower() not in host else ""
 
 
 def tool_urls(base_url: str, registration: LtiRegistration) -> dict[str, str]:
