@@ -10,7 +10,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -342,8 +342,7 @@ class RegistrationForm(forms.ModelForm):
             self.fields["name"].help_text = _("Leave blank for “LMS — issuer host” (or “institution — LMS”).")
 
     def clean_issuer(self) -> str:
-        # One platform, one spelling: "https://lms.edu/" and "https://lms.edu" must meet in the uniqueness check.
-        return (self.cleaned_data.get("issuer") or "").strip().rstrip("/")
+        return tool_configuration.normalised_issuer(self.cleaned_data.get("issuer") or "")
 
     def clean_client_id(self) -> str:
         client_id = (self.cleaned_data.get("client_id") or "").strip()
@@ -650,7 +649,9 @@ class DeploymentAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     def assign_and_activate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The change page's one-click "Assign to … and activate": one POST, audited by services.assign_deployment."""
-        deployment = get_object_or_404(LtiDeployment, pk=object_id)
+        deployment = self.get_object(request, object_id)  # None for an unknown or malformed id
+        if deployment is None:
+            raise Http404
         if not self.has_change_permission(request, deployment):
             raise PermissionDenied
         change_url = reverse("admin:lti_tool_ltideployment_change", args=[deployment.pk])

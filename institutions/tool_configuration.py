@@ -141,6 +141,11 @@ REGISTRATION_FIELD_HELP = {
 }
 
 
+def normalised_issuer(issuer: str) -> str:
+    """One platform, one spelling: "https://lms.edu/" and "https://lms.edu" are the same issuer."""
+    return issuer.strip().rstrip("/")
+
+
 def is_loopback_host(host: str | None) -> bool:
     """127.0.0.0/8, ::1 and localhost: only a platform on this very machine (the sandbox LMS, a dev Moodle)."""
     if not host:

@@ -307,3 +307,11 @@ def test_a_deployments_registration_cannot_be_changed(client_for, pending):
 def test_a_new_deployment_still_chooses_its_registration(admin_client):
     form = admin_client.get(reverse("admin:lti_tool_ltideployment_add")).context["adminform"].form
     assert "registration" in form.fields
+
+
+def test_one_click_on_an_unknown_deployment_is_a_404(client_for, two_institutions):
+    client = client_for(INTEGRATION)
+    for object_id in ("999999", "not-a-number"):
+        url = reverse("admin:lti_tool_ltideployment_assign_and_activate", args=[object_id])
+        assert client.post(url, {"institution": two_institutions[0].pk}).status_code == 404
+    assert not AuditEntry.objects.exists()
