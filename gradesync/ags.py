@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import http
 import json
 import threading
 import time
@@ -196,12 +197,39 @@ def score_timestamp(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
+_SILENT_BODIES = {"", "[]", "{}", "null", '""'}
+
+
 @dataclass(frozen=True)
 class Answer:
     status_code: int
     body: str
     headers: dict[str, str]
     duration_ms: int
+    reason: str = ""  # the HTTP status line's phrase: Moodle's only words on a refusal
+
+    @property
+    def said(self) -> str:
+        """What the LMS said, in its words, for support and for the answer tables.
+
+        Moodle refuses with its reason only in the status line and a body of `[]`: then the status
+        line is the message ("400 Incorrect score received"). A reason phrase of the LMS's own
+        (not the standard one for the code) is kept in front of a body too."""
+        body = (self.body or "").strip()
+        reason = (self.reason or "").strip()
+        status_line = f"{self.status_code} {reason}".strip()
+        if body in _SILENT_BODIES:
+            return status_line
+        if reason and reason.lower() != _standard_phrase(self.status_code).lower():
+            return f"{status_line} — {body}"
+        return body
+
+
+def _standard_phrase(status_code: int) -> str:
+    try:
+        return http.HTTPStatus(status_code).phrase
+    except ValueError:
+        return ""
 
 
 def post_score(*, line_item_url: str, token: str, payload: dict[str, Any]) -> Answer:
@@ -216,7 +244,8 @@ def post_score(*, line_item_url: str, token: str, payload: dict[str, Any]) -> An
     except requests.RequestException as error:
         raise AgsError(f"{type(error).__name__}: {error}") from error
     return Answer(
-        response.status_code, response.text[:2000], dict(response.headers), int((time.monotonic() - started) * 1000)
+        response.status_code, response.text[:2000], dict(response.headers), int((time.monotonic() - started) * 1000),
+        response.reason or "",
     )
 
 

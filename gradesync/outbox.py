@@ -94,16 +94,23 @@ def last_timestamps(deliveries: list[Delivery]) -> dict[tuple[int, int], datetim
     return {(line_item_id, user_id): last for line_item_id, user_id, last in rows if (line_item_id, user_id) in pairs}
 
 
-def next_timestamp(last: datetime.datetime | None, lms_family: str) -> datetime.datetime:
-    """Strictly later than `last` (the latest sent for this line item and user); Moodle compares whole seconds."""
-    now = timezone.now()
-    if last is None or now > last + datetime.timedelta(milliseconds=1):
-        candidate = now
-    else:
-        candidate = last + datetime.timedelta(milliseconds=1)
-    if lms_family == LmsFamily.MOODLE and last is not None and candidate.replace(microsecond=0) <= last.replace(microsecond=0):
-        candidate = last.replace(microsecond=0) + datetime.timedelta(seconds=1)
-    return candidate
+def next_timestamp(
+    last: datetime.datetime | None, lms_family: str, now: datetime.datetime | None = None
+) -> datetime.datetime:
+    """The score timestamp to send: now, unless that is not later than `last` (the latest this line
+    item and user hold) — then the smallest later one, never further in the future.
+
+    Moodle keeps whole seconds and refuses a second it already holds, so for Moodle it is whole
+    seconds: max(now, last + 1 s), both truncated to the second."""
+    now = now or timezone.now()
+    if lms_family == LmsFamily.MOODLE:
+        now = now.replace(microsecond=0)
+        if last is None:
+            return now
+        return max(now, last.replace(microsecond=0) + datetime.timedelta(seconds=1))
+    if last is None or now > last:
+        return now
+    return last + datetime.timedelta(milliseconds=1)
 
 
 def finish(

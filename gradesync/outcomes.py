@@ -17,7 +17,7 @@ class Outcome(enum.StrEnum):
 class Rule:
     statuses: tuple[int, ...] | range
     outcome: Outcome
-    contains: str = ""  # a phrase of the body that must appear (case-insensitive)
+    contains: str = ""  # a phrase of the body or the reason phrase that must appear (case-insensitive)
     advice: str = ""  # the next step, in plain words, for support
 
 
@@ -62,13 +62,28 @@ TABLES: dict[str, list[Rule]] = {
             advice="Canvas refused the grade (the course may be concluded or the assignment deleted). Check it in Canvas, then resync.",
         ),
     ],
+    # Moodle gives its reason only in the HTTP status line (the body is `[]`): the rules read it there.
     "moodle": [
-        Rule((409,), Outcome.STALE),
+        Rule(
+            (409,),
+            Outcome.STALE,
+            advice="Moodle holds a later grade for this learner (a teacher's edit in Moodle, or our own send in the "
+            "same second) and refused ours even when resent a second later. Check the grade in Moodle, then resync.",
+        ),
         Rule(
             (400,),
             Outcome.REFUSED,
             contains="incorrect score received",
-            advice="Moodle refused: the user cannot be graded in this activity (not enrolled as a student?). Check, then resync.",
+            advice="Moodle refused: the user cannot be graded in this activity — Moodle says \"Incorrect score "
+            "received\" when the learner is not enrolled in the course as a student (or the score was malformed). "
+            "Check the learner's enrolment in Moodle, then resync.",
+        ),
+        Rule(
+            (404,),
+            Outcome.REFUSED,
+            contains="grade item",
+            advice="Moodle refused: this activity's grade item no longer exists in Moodle (deleted, or the course "
+            "was reset). Check the activity's grade settings in Moodle, then resync.",
         ),
     ],
     "blackboard": [
@@ -88,8 +103,9 @@ class Classification:
     advice: str
 
 
-def classify(lms_family: str, status_code: int, body: str) -> Classification:
-    text = (body or "").lower()
+def classify(lms_family: str, status_code: int, body: str, reason: str = "") -> Classification:
+    """`reason`: the HTTP status line's phrase, where some LMSes (Moodle) put their only words."""
+    text = f"{reason or ''} {body or ''}".lower()
     for rule in [*TABLES.get(lms_family, []), *COMMON]:
         if status_code in rule.statuses and (not rule.contains or rule.contains in text):
             return Classification(rule.outcome, rule.advice)

@@ -267,24 +267,26 @@ class _Sender:
                     # A resync must not count as a new submission against Canvas's Allowed Attempts.
                     payload[CANVAS_SUBMISSION] = {"new_submission": False}
                 answer = ags.post_score(line_item_url=delivery.line_item.url, token=token, payload=payload)
-                verdict = classify(lms_family, answer.status_code, answer.body)
-                self.exchange(delivery, answer.status_code, verdict.outcome, answer.body, answer.duration_ms, payload, timestamp)
+                verdict = classify(lms_family, answer.status_code, answer.body, answer.reason)
+                self.exchange(delivery, answer.status_code, verdict.outcome, answer.said, answer.duration_ms, payload, timestamp)
                 if verdict.outcome == Outcome.REFRESH and not refreshed:
                     refreshed = True
                     token = self.token_for(score_scope, deployment_id, rejected=token)
                     continue
                 if verdict.outcome == Outcome.STALE and not stale_resent:
                     stale_resent = True
+                    # The LMS holds this time or later: Canvas names it; Moodle's 409 says it holds at
+                    # least the second we sent, so the resend takes the next second (or now, if later).
                     match = _CANVAS_LAST_UPDATED.search(answer.body)
                     last = _parse_lms_timestamp(match.group(1)) if match else timestamp
-                    if lms_family == LmsFamily.MOODLE or last is None:
-                        last = (last or timestamp) + datetime.timedelta(seconds=1)
+                    if last is None:
+                        last = timestamp + datetime.timedelta(seconds=1)
                     continue
                 outcome = Outcome.RETRY if verdict.outcome == Outcome.REFRESH else verdict.outcome
                 if outcome == Outcome.STALE:
                     outcome = Outcome.REFUSED
                 return self.finish(
-                    delivery, outcome, answer.status_code, _lms_message(answer.body, verdict.advice),
+                    delivery, outcome, answer.status_code, _lms_message(answer.said, verdict.advice),
                     sent_timestamp=timestamp, version=version, retry_after=_retry_after(answer.headers),
                 )
         except ags.TokenError as error:

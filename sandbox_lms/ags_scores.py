@@ -41,9 +41,9 @@ def record_score(
     item = _line_item_info(line_item_id)
     check_context(info=info, registration=registration, course_registration_id=item.registration_id,
                   course_deployment_id=item.deployment_id)
-    incorrect = _error(profile, 400, "Incorrect score received")  # Moodle's one answer for a bad score
+    incorrect = _score_error(profile, 400, "Incorrect score received")  # Moodle's one answer for a bad score
     if content_type.split(";")[0].strip() != SCORE_MEDIA_TYPE:
-        raise incorrect if profile == Profile.MOODLE else _error(
+        raise incorrect if profile == Profile.MOODLE else _score_error(
             profile, 415, f"Content-Type must be {SCORE_MEDIA_TYPE}"
         )
     try:
@@ -51,13 +51,13 @@ def record_score(
         if not isinstance(score, dict):
             raise ValueError
     except ValueError as error:
-        raise incorrect if profile == Profile.MOODLE else _error(profile, 400, "The body is not a JSON object") from error
+        raise incorrect if profile == Profile.MOODLE else _score_error(profile, 400, "The body is not a JSON object") from error
     for name in ("userId", "activityProgress", "gradingProgress", "timestamp"):
         if not score.get(name):
-            raise incorrect if profile == Profile.MOODLE else _error(profile, 400, f"{name} is required")
+            raise incorrect if profile == Profile.MOODLE else _score_error(profile, 400, f"{name} is required")
     timestamp = _parse_timestamp(score["timestamp"])
     if timestamp is None:
-        raise incorrect if profile == Profile.MOODLE else _error(
+        raise incorrect if profile == Profile.MOODLE else _score_error(
             profile, 400, "timestamp must be ISO 8601 with a timezone"
         )
     given = score.get("scoreGiven")
@@ -70,7 +70,7 @@ def record_score(
         if given is None or given < 0 or maximum is None or maximum <= 0:
             if profile == Profile.MOODLE:
                 raise incorrect
-            raise _error(profile, 422 if profile == Profile.CANVAS else 400,
+            raise _score_error(profile, 422 if profile == Profile.CANVAS else 400,
                          "scoreGiven must be a number ≥ 0 sent with scoreMaximum > 0")
     graded_states = ("FullyGraded", "PendingManual") if profile == Profile.CANVAS else ("FullyGraded",)
     counts = score["gradingProgress"] in graded_states and given is not None
@@ -110,11 +110,12 @@ def record_score(
         if not rows or rows[0][1] not in GRADABLE_ROLES:
             if profile == Profile.MOODLE:
                 raise incorrect
-            raise _error(profile, 422, "User not found in course or is not a student")
+            raise _score_error(profile, 422, "User not found in course or is not a student")
         stored = db.execute(_RESULT_SQL, [item.id, rows[0][0]])
         submissions = 0
         if stored:
-            _check_timestamp(profile, _as_datetime(stored[0][0]), timestamp, score["timestamp"])
+            _check_timestamp(profile, _as_datetime(stored[0][0]), timestamp, score["timestamp"],
+                             f"for item {item.id} and user {score['userId']}")
             submissions = stored[0][1]
         if attempts is not None and submissions >= attempts:
             raise ApiError(422, {"errors": {
@@ -123,7 +124,7 @@ def record_score(
             }})
         # Nothing refuses it now: the cell changed between the two statements; take the score again.
     else:
-        raise _error(profile, 409, "The score conflicted with concurrent changes; send it again")
+        raise _score_error(profile, 409, "The score conflicted with concurrent changes; send it again")
     line_url = line_item_url(item, registration)
     return {"resultUrl": _suffix(line_url, f"/results/{user_id}")}
 
@@ -233,6 +234,12 @@ def scores_exchange(
     return exchange
 
 
+def _score_error(profile: str, status: int, message: str) -> ApiError:
+    """A refusal of a score: Moodle's scores endpoint sets its body to `[]` first, so it answers `[]`
+    with the reason only in the status line (`400 Incorrect score received`)."""
+    return _error(profile, status, message, moodle_body="[]")
+
+
 def _as_datetime(value: Any) -> datetime:
     """A timestamp column read by a raw cursor (SQLite gives text)."""
     if isinstance(value, str):
@@ -240,13 +247,13 @@ def _as_datetime(value: Any) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt_timezone.utc)
 
 
-def _check_timestamp(profile: str, stored: datetime, incoming: datetime, raw: str) -> None:
+def _check_timestamp(profile: str, stored: datetime, incoming: datetime, raw: str, which: str) -> None:
     if profile == Profile.MOODLE:
         if math.floor(stored.timestamp()) >= math.floor(incoming.timestamp()):
-            raise _error(Profile.MOODLE, 409, "Refusing score with an earlier timestamp")
+            raise _score_error(Profile.MOODLE, 409, f"Refusing score with an earlier timestamp {which}")
     elif profile == Profile.CANVAS:
         if incoming < stored:
             stored_text = stored.astimezone(dt_timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            raise _error(Profile.CANVAS, 400, f"Provided timestamp of {raw} before last updated timestamp of {stored_text}")
+            raise _score_error(Profile.CANVAS, 400, f"Provided timestamp of {raw} before last updated timestamp of {stored_text}")
     elif incoming <= stored:
-        raise _error(profile, 409, "The score's timestamp is not later than the last one")
+        raise _score_error(profile, 409, "The score's timestamp is not later than the last one")

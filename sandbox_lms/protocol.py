@@ -89,11 +89,14 @@ class DropConnection(Exception):
     """Fault injection: close the client's connection without an answer."""
 
 
-def _error(profile: str, status: int, message: str) -> ApiError:
-    """The shape of an error body per LMS family."""
+def _error(profile: str, status: int, message: str, *, moodle_body: str | None = None) -> ApiError:
+    """The shape of an error body per LMS family.
+
+    Moodle puts its reason in the HTTP status line only; `moodle_body` is what the Moodle service
+    had set as its body before refusing (its scores endpoint: `[]`)."""
     if profile == Profile.MOODLE:
-        # Moodle puts the detail in the HTTP status line; the body is plain text.
-        return ApiError(status, message, content_type="text/plain", reason=message)
+        body = message if moodle_body is None else moodle_body
+        return ApiError(status, body, content_type="text/plain", reason=message)
     if profile == Profile.CANVAS:
         return ApiError(status, {"errors": [{"message": message}]})
     return ApiError(status, {"error": message})
