@@ -258,4 +258,10 @@ CELERY_BEAT_SCHEDULE = {
     # catches delivered rows deleted since they were counted.
     "roll-up-delivery-hours": {"task": "gradesync.roll_up_delivery_hours", "schedule": 300.0},
     "roll-up-delivery-hours-full": {"task": "gradesync.roll_up_delivery_hours", "schedule": 6 * 3600.0, "kwargs": {"full": True}},
+    # Tool key rotation: the next key starts signing, a retiring key leaves the JWKS (also done when signing).
+    "advance-tool-key-rotation": {"task": "institutions.advance_key_rotation", "schedule": 300.0},
 }
+# Key rotation (institutions/keys.py): platforms cache our JWKS, so a new key is published this long
+# before it signs, and the old one stays published this long after.
+ROTATION_LEAD_HOURS = env.float("ROTATION_LEAD_HOURS", default=24.0)
+ROTATION_GRACE_HOURS = env.float("ROTATION_GRACE_HOURS", default=24.0)

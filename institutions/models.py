@@ -241,3 +241,39 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_name} {self.action} {self.object_repr}"
+
+
+class KeyPhase(models.TextChoices):
+    """Where a tool signing key is in its rotation. Platforms cache our JWKS, so a key is published
+    before it signs and stays published after it stops."""
+
+    NEXT = "next", _("next: published, not yet signing")
+    SIGNING = "signing", _("signing")
+    RETIRING = "retiring", _("retiring: still published, no longer signing")
+    RETIRED = "retired", _("retired: not published")
+
+
+class ToolKeyLifecycle(models.Model):
+    """The rotation phase of one of the tool's signing keys (django-lti's `Key`), moved on by
+    `institutions.keys.advance_rotation`. Exactly one key signs."""
+
+    key = models.OneToOneField("lti_tool.Key", on_delete=models.CASCADE, primary_key=True, related_name="lifecycle")
+    phase = models.CharField(max_length=10, choices=KeyPhase.choices)
+    published_at = models.DateTimeField()
+    # next: when it starts signing; signing/retiring: when it did.
+    signing_from = models.DateTimeField(null=True, blank=True)
+    # next: how long the key it replaces stays published once this one signs.
+    grace = models.DurationField(null=True, blank=True)
+    # retiring: when it leaves the JWKS.
+    retire_after = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("tool key lifecycle")
+        constraints = [
+            models.UniqueConstraint(fields=["phase"], condition=Q(phase=KeyPhase.SIGNING), name="one_signing_tool_key"),
+            models.CheckConstraint(condition=Q(phase__in=KeyPhase.values), name="tool_key_phase_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.phase})"

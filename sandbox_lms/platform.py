@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from django.utils import timezone
 
 from .caches import LineItemInfo, forget_caches
 from .models import (
@@ -221,10 +222,18 @@ def _suffix(url: str, suffix: str) -> str:
 
 _http = requests.Session()
 _tool_jwks: dict[str, dict[str, Any]] = {}
+# Strict platforms' copies: (JWKS URL, client id) → (fetched at, JWKS).
+_strict_tool_jwks: dict[tuple[str, str], tuple[datetime, dict[str, Any]]] = {}
 
 
 def tool_public_key(registration: SandboxRegistration, kid: str | None) -> Any:
-    """The tool's public key for `kid`: from its JWKS URL (cached, refetched on an unknown kid)."""
+    """The tool's public key for `kid`, from its JWKS URL, cached as real platforms do.
+
+    By default as Moodle: the JWKS is kept and refetched only when a signature's kid is not in it.
+    With `faults["jwks_cache_seconds"]` as a strict platform (pylti1p3's fixed-TTL cache, platforms that
+    cache for hours): the copy is kept that long (by `timezone.now()`) and an unknown kid is refused, not
+    refetched — a tool that signs with a key it published too late is refused there.
+    """
 
     def find(jwks: dict[str, Any]) -> dict[str, Any] | None:
         keys = jwks.get("keys", [])
@@ -233,15 +242,25 @@ def tool_public_key(registration: SandboxRegistration, kid: str | None) -> Any:
                 return key
         return None
 
-    if registration.jwks_url:
+    def fetch() -> dict[str, Any]:
+        try:
+            response = _http.get(registration.jwks_url, timeout=5)
+            response.raise_for_status()
+            return response.json()
+        except (requests.RequestException, ValueError) as error:
+            raise Refusal(f"Cannot fetch the tool's JWKS from {registration.jwks_url}: {error}") from error
+
+    strict_seconds = (registration.faults or {}).get("jwks_cache_seconds")
+    if registration.jwks_url and strict_seconds:
+        now, slot = timezone.now(), (registration.jwks_url, registration.client_id)
+        fetched = _strict_tool_jwks.get(slot)
+        if fetched is None or now - fetched[0] >= timedelta(seconds=float(strict_seconds)):
+            fetched = _strict_tool_jwks[slot] = (now, fetch())
+        key = find(fetched[1])
+    elif registration.jwks_url:
         key = find(_tool_jwks.get(registration.jwks_url, {}))
         if key is None:
-            try:
-                response = _http.get(registration.jwks_url, timeout=5)
-                response.raise_for_status()
-                _tool_jwks[registration.jwks_url] = response.json()
-            except (requests.RequestException, ValueError) as error:
-                raise Refusal(f"Cannot fetch the tool's JWKS from {registration.jwks_url}: {error}") from error
+            _tool_jwks[registration.jwks_url] = fetch()
             key = find(_tool_jwks[registration.jwks_url])
     else:
         key = find(registration.tool_public_jwks or {})
