@@ -91,6 +91,15 @@ def test_the_admin_rotates_with_no_key_present(admin_client):
     assert len(signing_keys()) == 1 and Key.objects.active().count() == 2  # a signing key, and the next one
 
 
+@pytest.mark.django_db
+def test_the_database_refuses_a_second_signing_key():
+    from django.db import IntegrityError, transaction
+
+    other = Key.objects.generate()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ToolKeyLifecycle.objects.create(key=other, phase=KeyPhase.SIGNING, published_at=timezone.now())
+
+
 # --- Rotation over HTTP against a platform that caches our JWKS ------------------------------------------
 
 
