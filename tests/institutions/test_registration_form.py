@@ -13,35 +13,13 @@ from lti_tool.models import LtiDeployment, LtiRegistration
 from institutions.models import AuditEntry, DeploymentOwnership, Institution
 from institutions.roles import INTEGRATION, READ_ONLY
 from tests.factories import DeploymentFactory, OwnedDeploymentFactory, RegistrationFactory
+from tests.institutions.test_admin import registration_post_data
 
 pytestmark = pytest.mark.django_db
 
 ADD_URL = "admin:lti_tool_ltiregistration_add"
 
 
-def registration_post(**overrides) -> dict:
-    data = {
-        "name": "Moodle of North",
-        "issuer": "https://moodle.north.edu",
-        "client_id": "abc123",
-        "audience": "",
-        "auth_url": "https://moodle.north.edu/mod/lti/auth.php",
-        "token_url": "https://moodle.north.edu/mod/lti/token.php",
-        "keyset_url": "https://moodle.north.edu/mod/lti/certs.php",
-        "is_active": "on",
-        "public_key": "",
-        "private_key": "",
-        "profile-TOTAL_FORMS": "1",
-        "profile-INITIAL_FORMS": "0",
-        "profile-MIN_NUM_FORMS": "1",
-        "profile-MAX_NUM_FORMS": "1",
-        "profile-0-lms_family": "moodle",
-        "profile-0-max_requests_in_flight": "4",
-        "deployments-TOTAL_FORMS": "0",
-        "deployments-INITIAL_FORMS": "0",
-    }
-    data.update(overrides)
-    return data
 
 
 def refused(response, field: str) -> str:
@@ -61,7 +39,7 @@ def nothing_written() -> bool:
 
 def test_issuer_and_client_id_are_stored_normalised(client_for):
     response = client_for(INTEGRATION).post(
-        reverse(ADD_URL), registration_post(issuer="  https://moodle.north.edu/  ", client_id="  abc123\t")
+        reverse(ADD_URL), registration_post_data(issuer="  https://moodle.north.edu/  ", client_id="  abc123\t")
     )
     assert response.status_code == 302
     registration = LtiRegistration.objects.get()
@@ -77,7 +55,7 @@ def test_issuer_and_client_id_are_stored_normalised(client_for):
 def test_the_same_issuer_with_or_without_a_trailing_slash_is_one_registration(client_for, stored_issuer, posted_issuer):
     RegistrationFactory(name="State Canvas", issuer=stored_issuer, client_id="10000000000042")
     response = client_for(INTEGRATION).post(
-        reverse(ADD_URL), registration_post(issuer=posted_issuer, client_id=" 10000000000042 ")
+        reverse(ADD_URL), registration_post_data(issuer=posted_issuer, client_id=" 10000000000042 ")
     )
     error = refused(response, "client_id")
     assert "already exists" in error and "State Canvas" in error
@@ -88,7 +66,7 @@ def test_the_same_issuer_with_or_without_a_trailing_slash_is_one_registration(cl
 def test_changing_a_registration_keeps_its_own_issuer_and_client_id(client_for):
     registration = RegistrationFactory(name="State Canvas", issuer="https://canvas.instructure.com", client_id="77")
     profile = registration.profile
-    data = registration_post(
+    data = registration_post_data(
         name="State Canvas (renamed)", issuer="https://canvas.instructure.com/", client_id="77",
         auth_url=registration.auth_url, token_url=registration.token_url, keyset_url=registration.keyset_url,
         **{"profile-INITIAL_FORMS": "1", "profile-0-id": str(profile.pk), "profile-0-registration": str(registration.pk),
@@ -102,7 +80,7 @@ def test_changing_a_registration_keeps_its_own_issuer_and_client_id(client_for):
 
 @pytest.mark.parametrize("client_id", ["abc 123", "abc\u200b123", "abc\x07123", "ab\nc123"])
 def test_a_client_id_with_inner_whitespace_or_control_characters_is_refused(client_for, client_id):
-    response = client_for(INTEGRATION).post(reverse(ADD_URL), registration_post(client_id=client_id))
+    response = client_for(INTEGRATION).post(reverse(ADD_URL), registration_post_data(client_id=client_id))
     assert "no spaces or invisible characters" in refused(response, "client_id")
     assert nothing_written()
 
@@ -113,7 +91,7 @@ def test_a_client_id_with_inner_whitespace_or_control_characters_is_refused(clie
 @pytest.mark.parametrize("field", ["auth_url", "token_url", "keyset_url"])
 def test_a_plain_http_endpoint_of_a_real_host_is_refused(client_for, field):
     response = client_for(INTEGRATION).post(
-        reverse(ADD_URL), registration_post(**{field: "http://moodle.north.edu/mod/lti/x.php"})
+        reverse(ADD_URL), registration_post_data(**{field: "http://moodle.north.edu/mod/lti/x.php"})
     )
     assert "https" in refused(response, field)
     assert nothing_written()
@@ -130,14 +108,14 @@ LOOPBACK = {
 @pytest.mark.parametrize("debug,sandbox", [(True, False), (False, True)])
 def test_a_loopback_http_platform_is_allowed_in_development_or_the_sandbox(client_for, settings, debug, sandbox):
     settings.DEBUG, settings.SANDBOX_LMS = debug, sandbox
-    response = client_for(INTEGRATION).post(reverse(ADD_URL), registration_post(**LOOPBACK))
+    response = client_for(INTEGRATION).post(reverse(ADD_URL), registration_post_data(**LOOPBACK))
     assert response.status_code == 302
     assert LtiRegistration.objects.get().token_url == "http://localhost:8000/sandbox-lms/token/"
 
 
 def test_a_loopback_http_platform_is_refused_in_production(client_for, settings):
     settings.DEBUG, settings.SANDBOX_LMS = False, False
-    response = client_for(INTEGRATION).post(reverse(ADD_URL), registration_post(**LOOPBACK))
+    response = client_for(INTEGRATION).post(reverse(ADD_URL), registration_post_data(**LOOPBACK))
     for field in ("auth_url", "token_url", "keyset_url"):
         assert "development or sandbox" in refused(response, field)
     assert not LtiRegistration.objects.exists() and not AuditEntry.objects.exists()
@@ -146,7 +124,7 @@ def test_a_loopback_http_platform_is_refused_in_production(client_for, settings)
 def test_http_to_a_host_that_only_starts_like_loopback_is_refused_even_in_the_sandbox(client_for, settings):
     settings.SANDBOX_LMS = True
     response = client_for(INTEGRATION).post(
-        reverse(ADD_URL), registration_post(token_url="http://127.0.0.1.evil.example/token")
+        reverse(ADD_URL), registration_post_data(token_url="http://127.0.0.1.evil.example/token")
     )
     assert "https" in refused(response, "token_url")
     assert nothing_written()
@@ -181,11 +159,11 @@ def test_a_preset_without_an_institution_is_named_after_the_lms_and_issuer_host(
 
 def test_a_blank_name_is_filled_in_on_save(client_for, two_institutions):
     client = client_for(INTEGRATION)
-    assert client.post(reverse(ADD_URL), registration_post(name="")).status_code == 302
+    assert client.post(reverse(ADD_URL), registration_post_data(name="")).status_code == 302
     assert LtiRegistration.objects.get().name == "Moodle — moodle.north.edu"
     north, _ = two_institutions
     response = client.post(
-        f"{reverse(ADD_URL)}?institution={north.pk}", registration_post(name="", client_id="abc456")
+        f"{reverse(ADD_URL)}?institution={north.pk}", registration_post_data(name="", client_id="abc456")
     )
     assert response.status_code == 302
     assert LtiRegistration.objects.get(client_id="abc456").name == "North College — Moodle"
