@@ -25,11 +25,9 @@ writes each claim into:
 from __future__ import annotations
 
 import math
-import unicodedata
 from typing import Any
-from urllib.parse import urlsplit
 
-from .refusals import LaunchRefused
+from .refusals import LaunchRefused, has_unsafe_characters, is_http_url
 
 LTI = "https://purl.imsglobal.org/spec/lti/claim/"
 AGS_ENDPOINT = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
@@ -149,16 +147,6 @@ def _refuse(claim: str, expectation: str, value: Any) -> LaunchRefused:
     return LaunchRefused(f"The launch's {claim} claim {expectation} (got {_kind(value)}).")
 
 
-def _is_http_url(value: str) -> bool:
-    if any(unicodedata.category(c) == "Cc" or c.isspace() for c in value):
-        return False
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
 def _plain(name: str) -> str:
     """A claim name the platform chose, as it may appear in a reason: printable and short."""
     return name[:80] if name.isprintable() else repr(name)[:80]  # repr escapes control characters and surrogates
@@ -196,7 +184,7 @@ def _checked_id(claim: str, value: Any, rule: _Id) -> str:
         raise _refuse(claim, "must be a non-empty string", value)
     if len(value) > rule.max_length:
         raise _refuse(claim, f"must be at most {rule.max_length} characters", value)
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    if has_unsafe_characters(value):
         raise LaunchRefused(f"The launch's {claim} claim contains control characters.")
     return value
 
@@ -206,7 +194,7 @@ def _checked_text(claim: str, value: Any, rule: _Text) -> str:
         raise _refuse(claim, "must be a string", value)
     if len(value) > rule.max_length:
         raise _refuse(claim, f"must be at most {rule.max_length} characters", value)
-    if rule.url and not _is_http_url(value):
+    if rule.url and not is_http_url(value):
         raise LaunchRefused(f"The launch's {claim} claim must be an http(s) URL.")
     return value
 
@@ -259,14 +247,14 @@ def _check_object(claims: dict[str, Any], key: str, name: str, members: dict[str
 def _drop_unusable(claims: dict[str, Any]) -> None:
     """Values the launch can do without and that cannot be stored or used as sent (see the docstring)."""
     picture = claims.get("picture")
-    if picture is not None and not (len(picture) <= URL_MAX and _is_http_url(picture)):
+    if picture is not None and not (len(picture) <= URL_MAX and is_http_url(picture)):
         del claims["picture"]
     email = claims.get("email")
     if email is not None and not ("@" in email and len(email) <= EMAIL_MAX):
         del claims["email"]
     presentation = claims.get(LTI + "launch_presentation") or {}
     url = presentation.get("return_url")
-    if url is not None and not (len(url) <= RETURN_URL_MAX and _is_http_url(url)):
+    if url is not None and not (len(url) <= RETURN_URL_MAX and is_http_url(url)):
         del presentation["return_url"]
 
 

@@ -9,9 +9,8 @@ proxy with default header buffers never sees an oversized header.
 """
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import quote_plus
 
 from django.http import HttpRequest, HttpResponse, QueryDict
 from lti_tool.models import LtiRegistration
@@ -22,7 +21,7 @@ from pylti1p3.contrib.django.session import DjangoSessionService
 from pylti1p3.exception import LtiException, OIDCException
 from pylti1p3.message_launch import MessageLaunch
 
-from .refusals import LaunchRefused, shown
+from .refusals import LaunchRefused, has_unsafe_characters, is_http_url, shown
 
 MAX_HINT_BYTES = 2048  # lti_message_hint, login_hint: URL-encoded, as copied into the redirect
 MAX_TARGET_LINK_URI = 2048
@@ -31,11 +30,6 @@ MAX_ID = 255  # iss, client_id, lti_deployment_id: the registration's and deploy
 LOGIN_DATA_SECONDS = 600
 PARAMETERS = ("iss", "login_hint", "target_link_uri", "lti_message_hint", "client_id", "lti_deployment_id")
 REQUIRED = ("iss", "login_hint", "target_link_uri")
-
-
-def has_unsafe_characters(value: str) -> bool:
-    """Control characters (NUL breaks PostgreSQL), or unpaired surrogates a JSON token can carry (not UTF-8)."""
-    return any(unicodedata.category(char) in ("Cc", "Cs") for char in value)
 
 
 def login_parameters(query: QueryDict) -> dict[str, str]:
@@ -62,11 +56,7 @@ def login_parameters(query: QueryDict) -> dict[str, str]:
                     f"{MAX_HINT_BYTES}. Ask your LMS administrator to check the tool's configuration."
                 )
         elif name == "target_link_uri":
-            try:
-                parts = urlsplit(value)
-            except ValueError:  # e.g. an unclosed IPv6 bracket: "http://[::1"
-                parts = None
-            if len(value) > MAX_TARGET_LINK_URI or parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            if len(value) > MAX_TARGET_LINK_URI or not is_http_url(value):
                 raise LaunchRefused(
                     f"The LMS's login request has a target_link_uri that is not a web address of at most "
                     f"{MAX_TARGET_LINK_URI} characters."

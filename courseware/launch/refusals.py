@@ -1,5 +1,9 @@
-"""A launch or login we do not accept, with a reason a person can act on and an HTTP status."""
+"""A launch or login we do not accept, with a reason a person can act on and an HTTP status, and the
+text checks the door makes of whatever an LMS sends (control characters, web addresses)."""
 from __future__ import annotations
+
+import unicodedata
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
@@ -38,3 +42,19 @@ def shown(value: object, limit: int = 80) -> str:
     """A value from the LMS as it may appear in a reason: quoted, and cut short."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def has_unsafe_characters(value: str) -> bool:
+    """Control characters (NUL breaks PostgreSQL), or unpaired surrogates a JSON token can carry (not UTF-8)."""
+    return any(unicodedata.category(char) in ("Cc", "Cs") for char in value)
+
+
+def is_http_url(value: str) -> bool:
+    """An absolute http(s) URL with a host, without control characters or white space."""
+    if has_unsafe_characters(value) or any(char.isspace() for char in value):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: "http://[::1"
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)

@@ -26,9 +26,9 @@ from pylti1p3.exception import LtiException
 from pylti1p3.contrib.django import DjangoCacheDataStorage, DjangoMessageLaunch
 
 from .claims import check_claim_shapes
-from .login import asked_at_login, has_unsafe_characters
+from .login import asked_at_login
 from .platform_keys import PlatformKeyError, platform_key
-from .refusals import LaunchRefused, posted_form, shown
+from .refusals import LaunchRefused, has_unsafe_characters, posted_form, shown
 
 IAT_LEEWAY_SECONDS = 5
 MAX_TOKEN_AGE_SECONDS = 3600
