@@ -26,6 +26,7 @@ from django.http import HttpRequest, HttpResponse
 from institutions.models import ORIGIN_PATTERN
 
 from .models import Launch
+from .sessions import current_launch, launch_bound_by
 
 # Any page may frame a refusal (see `refusal`); CSP's `*` matches every http(s) origin.
 ANY_FRAME = "*"
@@ -92,8 +93,6 @@ def framed_by_launch(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
 
     Without a launch (a staff member's direct login), only our own origin; a refusal, by anyone.
     """
-    from .sessions import current_launch
-
     @wraps(view)
     def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         response = view(request, *args, **kwargs)
@@ -113,8 +112,6 @@ def framed_at_the_door(view: Callable[..., HttpResponse]) -> Callable[..., HttpR
     inside whichever LMS frame sent it. A session's earlier launch is not consulted: it may be
     another LMS's.
     """
-    from .sessions import launch_bound_by
-
     @wraps(view)
     def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         response = view(request, *args, **kwargs)

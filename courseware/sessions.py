@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
-from .framing import launch_frame_origins
 from .models import Launch
 
 LAUNCH_SESSION_KEY = "courseware_launch_id"
@@ -12,12 +11,13 @@ _LAUNCH_ATTRIBUTE = "_courseware_launch"
 _BOUND_ATTRIBUTE = "_courseware_bound_launch"
 
 
-def bind_session_to_launch(request: HttpRequest, launch: Launch) -> None:
-    """Called once the launch is verified and recorded: its session's pages are framed by its LMS only."""
+def bind_session_to_launch(request: HttpRequest, launch: Launch, *, frame_origins: list[str]) -> None:
+    """Called once the launch is verified and recorded: its session's pages are framed by `frame_origins` only
+    (courseware.framing.launch_frame_origins)."""
     # A new launch starts a new session: nothing of an earlier user or course carries over.
     request.session.cycle_key()
     request.session[LAUNCH_SESSION_KEY] = launch.pk
-    launch.frame_origins = launch_frame_origins(launch, request=request)
+    launch.frame_origins = frame_origins
     launch.save(update_fields=["frame_origins"])
     setattr(request, _LAUNCH_ATTRIBUTE, launch)
     setattr(request, _BOUND_ATTRIBUTE, launch)

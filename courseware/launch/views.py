@@ -12,7 +12,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 from lti_tool.views import LtiLaunchBaseView, OIDCLoginInitView
 
-from ..framing import framed_at_the_door, framed_by_launch
+from ..framing import framed_at_the_door, framed_by_launch, launch_frame_origins
 from ..models import Activity, ActivityKind, LaunchRole
 from ..sessions import bind_session_to_launch, current_launch
 from .deep_linking import PickedItem, PickRefused, deep_linking_response
@@ -81,7 +81,7 @@ class LaunchView(LtiLaunchBaseView):
                 return HttpResponseRedirect(with_lti_message(refusal.return_url, errormsg=refusal.reason))
             return refused(request, refusal.reason, status=refusal.status)
         launch, activity_link = record_launch(verified)
-        bind_session_to_launch(request, launch)
+        bind_session_to_launch(request, launch, frame_origins=launch_frame_origins(launch, request=request))
         if launch.message_type == DEEP_LINKING_REQUEST:
             return HttpResponseRedirect(reverse("lti-pick"))
         if activity_link is not None:
