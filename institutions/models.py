@@ -95,6 +95,11 @@ def validate_frame_origins(value: str) -> None:
         raise ValidationError(_("At most %(n)s origins."), params={"n": MAX_EXTRA_FRAME_ORIGINS})
 
 
+class RegisteredVia(models.TextChoices):
+    HAND = "hand", _("Typed in the admin")
+    DYNAMIC = "dynamic", _("LTI Dynamic Registration")
+
+
 class RegistrationProfile(models.Model):
     """What we know of an LMS registration beyond django-lti's fields."""
 
@@ -117,11 +122,18 @@ class RegistrationProfile(models.Model):
             "those are allowed per launch already."
         ),
     )
+    registered_via = models.CharField(
+        _("registered by"), max_length=10, choices=RegisteredVia.choices, default=RegisteredVia.HAND
+    )
+    # What the platform said of itself at Dynamic Registration (its openid configuration's LTI part,
+    # product and version): no token or secret is ever kept here.
+    platform_configuration = models.JSONField(_("platform configuration"), default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
+            models.CheckConstraint(condition=Q(registered_via__in=RegisteredVia.values), name="registration_registered_via_valid"),
             models.CheckConstraint(condition=Q(lms_family__in=LmsFamily.values), name="registration_lms_family_valid"),
             models.CheckConstraint(condition=Q(max_requests_in_flight__gte=1), name="registration_in_flight_positive"),
         ]
@@ -170,6 +182,12 @@ class CourseDatesSource(models.TextChoices):
     SUPPORT = "support", _("Set by support")
 
 
+class CopiedVia(models.TextChoices):
+    CONTEXT_HISTORY = "context_history", _("the launch's Context.id.history")
+    CANVAS_PREVIOUS = "canvas_previous", _("Canvas's previousCourseIds")
+    COPY_NOTICE = "copy_notice", _("the LMS's context copy notice (PNS)")
+
+
 class CourseQuerySet(models.QuerySet):
     def for_institution(self, institution: Institution) -> CourseQuerySet:
         return self.filter(institution=institution)
@@ -187,6 +205,11 @@ class Course(models.Model):
     dates_source = models.CharField(
         _("dates from"), max_length=10, choices=CourseDatesSource.choices, default=CourseDatesSource.NONE
     )
+    # Course copy: the course this one was copied from, and what told us so.
+    copied_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="copies", verbose_name=_("copied from")
+    )
+    copied_via = models.CharField(_("copy found by"), max_length=20, choices=CopiedVia.choices, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -201,6 +224,10 @@ class Course(models.Model):
             models.CheckConstraint(
                 condition=Q(dates_source__in=CourseDatesSource.values), name="course_dates_source_valid"
             ),
+            models.CheckConstraint(
+                condition=Q(copied_via__in=[*CopiedVia.values, ""]), name="course_copied_via_valid"
+            ),
+            models.CheckConstraint(condition=~Q(copied_from=models.F("id")), name="course_not_copied_from_itself"),
         ]
         indexes = [
             models.Index(fields=["institution", "title"], name="course_institution_title_idx"),
@@ -209,6 +236,73 @@ class Course(models.Model):
 
     def __str__(self) -> str:
         return self.title or self.context.id_on_platform
+
+
+class ContextCopyNotice(models.Model):
+    """An LtiContextCopyNotice the platform sent through its Platform Notification Service (PNS 1.0).
+
+    Kept as it came (its verified claims), once per notice id, and linked to the copy when that course is known.
+    """
+
+    deployment = models.ForeignKey(LtiDeployment, on_delete=models.CASCADE, related_name="copy_notices")
+    notice_id = models.CharField(_("notice id"), max_length=255)
+    context_id_on_platform = models.CharField(_("new course (LMS id)"), max_length=255)
+    origin_context_ids = models.JSONField(_("copied from (LMS ids)"), default=list)
+    course = models.ForeignKey(Course, null=True, blank=True, on_delete=models.SET_NULL, related_name="copy_notices")
+    claims = models.JSONField(default=dict)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "notice_id"], name="copy_notice_once_per_deployment"),
+        ]
+        indexes = [models.Index(fields=["deployment", "context_id_on_platform"], name="copy_notice_context_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.context_id_on_platform} ← {', '.join(self.origin_context_ids)}"
+
+
+class RegistrationInvitationQuerySet(models.QuerySet):
+    def usable(self, now) -> RegistrationInvitationQuerySet:
+        return self.filter(used_at__isnull=True, expires_at__gt=now)
+
+
+class RegistrationInvitation(models.Model):
+    """A one-time Dynamic Registration link the integration team gives an institution's LMS admin.
+
+    Only the token's SHA-256 is stored: the link itself is shown once, when it is made.
+    """
+
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="registration_invitations")
+    token_sha256 = models.CharField(max_length=64, unique=True, editable=False)
+    lms_family = models.CharField(_("LMS"), max_length=20, choices=LmsFamily.choices, default=LmsFamily.OTHER)
+    activate_on_registration = models.BooleanField(
+        _("activate on registration"), default=False,
+        help_text=_("The new registration and its deployment start taking launches at once; otherwise staff activate them."),
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires"))
+    used_at = models.DateTimeField(_("used"), null=True, blank=True)
+    registration = models.ForeignKey(
+        LtiRegistration, null=True, blank=True, on_delete=models.SET_NULL, related_name="invitations"
+    )
+    last_refusal = models.CharField(_("last refusal"), max_length=500, blank=True)
+
+    objects = RegistrationInvitationQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(expires_at__gt=models.F("created_at")), name="invitation_expires_after_creation"),
+            models.CheckConstraint(condition=Q(lms_family__in=LmsFamily.values), name="invitation_lms_family_valid"),
+            models.CheckConstraint(
+                condition=Q(registration__isnull=True) | Q(used_at__isnull=False), name="invitation_registration_when_used"
+            ),
+        ]
+        indexes = [models.Index(fields=["institution", "-created_at"], name="invitation_institution_idx")]
+
+    def __str__(self) -> str:
+        return f"Dynamic Registration link for {self.institution} ({self.created_at:%Y-%m-%d %H:%M})"
 
 
 class AuditEntry(models.Model):

@@ -18,6 +18,11 @@ LOGIN_PATH = "lti/login/"  # + <registration uuid>/
 LAUNCH_PATH = "lti/launch/"
 JWKS_PATH = "lti/jwks/"
 
+# A link that opens the instructor's tools (grade sync, attempts allowed) rather than an activity:
+# placed ungraded by deep linking, and as Canvas's course navigation, with this custom parameter.
+TOOL_PAGE_PARAM = "tool_page"
+INSTRUCTOR_TOOLS_PAGE = "instructor_tools"
+
 AGS_SCOPES = [
     "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem",
     "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly",

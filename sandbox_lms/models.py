@@ -76,6 +76,13 @@ class SandboxRegistration(models.Model):
     rate_limit_cost = models.FloatField(default=1)
     rate_limit_enabled = models.BooleanField(default=False)
     faults = models.JSONField(default=dict, blank=True)
+    # Dynamic Registration: a tool that registered itself waits for the admin (Moodle: "Pending").
+    is_enabled = models.BooleanField(default=True)
+    registered_dynamically = models.BooleanField(default=False)
+    tool_configuration = models.JSONField(default=dict, blank=True, help_text="What the tool posted at Dynamic Registration")
+    scopes = models.JSONField(default=list, blank=True, help_text="Scopes granted; empty means every scope")
+    # Platform Notification Service: notice type -> the tool's handler URL.
+    notice_handlers = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
