@@ -11,6 +11,7 @@ urlpatterns = [
     path("play/<int:link_id>/attempts/<int:attempt_id>/submit/", views.submit, name="submit"),
     path("play/<int:link_id>/attempts/<int:attempt_id>/presence/", views.presence, name="presence"),
     path("schedule/", views.schedule, name="schedule"),
+    path("instructor-tools/", views.instructor_tools, name="instructor_tools"),
     path("grade-sync/<int:course_id>/", views.grade_sync, name="grade_sync"),
     path("grade-sync/<int:course_id>/progress.json", views.grade_sync_progress, name="grade_sync_progress"),
 ]

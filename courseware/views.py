@@ -271,6 +271,33 @@ def schedule(request: HttpRequest) -> HttpResponse:
     )
 
 
+@framed_by_launch
+@require_GET
+def instructor_tools(request: HttpRequest) -> HttpResponse:
+    """The instructor's tools for the launch's course: grade sync and attempts allowed, one click each.
+
+    Opened by the ungraded "Instructor tools" link (deep linking, Canvas's course navigation) and
+    from the player; what is shown is read from the launch's course only.
+    """
+    launch = current_launch(request)
+    if launch is None or launch.role != LaunchRole.INSTRUCTOR:
+        return refuse(
+            request,
+            "The instructor tools are for the course's instructors: open them from your LMS course as an instructor.",
+            status=403,
+        )
+    course = launch.course
+    return render(
+        request,
+        "courseware/instructor_tools.html",
+        {
+            "launch": launch,
+            "course": course,
+            "graded_count": len(_graded_activities(course)),
+            "schedulable_count": services.schedulable_activities(course=course).count(),
+        },
+    )
+
 
 NOT_INSTRUCTOR = "Only the course's instructors see its grade sync: open this page from your LMS course as an instructor."
 

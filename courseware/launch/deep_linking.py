@@ -1,5 +1,9 @@
 """The deep-linking response: the activities an instructor picked, as a signed JWT for the LMS.
 
+Besides catalog activities, the instructor may place the instructor's tools (grade sync, attempts
+allowed): always an ungraded link (no `lineItem`, so no LMS makes a gradebook column for it), told
+apart at launch by its custom parameter, and no Placement (it is no activity).
+
 Built here rather than by pylti1p3, which writes `"data": null` and other nulls that
 certification suites flag. Optional fields are left out, never null.
 """
@@ -12,15 +16,19 @@ from decimal import Decimal
 from typing import Any
 
 import jwt
+from django.conf import settings as django_settings
 from django.db import transaction
 from lti_tool.models import LtiRegistration
 
 from institutions.keys import tool_signing_key
+from institutions.tool_configuration import INSTRUCTOR_TOOLS_PAGE, TOOL_PAGE_PARAM
 
 from ..models import Activity, ActivityKind, Launch, Placement
 from .services import ACTIVITY_PARAM, PLACEMENT_PARAM
 
 LINE_ITEM_TAG = "courseware"
+INSTRUCTOR_TOOLS_TITLE = "Instructor tools"
+INSTRUCTOR_TOOLS_TEXT = "For the course's instructors: grade sync and attempts allowed. Not graded; students cannot open it."
 RESPONSE_LIFETIME_SECONDS = 600
 
 
@@ -35,13 +43,14 @@ class PickedItem:
     points: Decimal | None
 
 
-def validate_picks(settings: dict[str, Any], picks: list[PickedItem]) -> None:
+def validate_picks(settings: dict[str, Any], picks: list[PickedItem], *, instructor_tools: bool = False) -> None:
     """Refuse what the deep-linking request does not allow, with a reason an instructor can act on."""
     accept_types = settings.get("accept_types") or []
-    if picks and "ltiResourceLink" not in accept_types:
+    count = len(picks) + int(instructor_tools)
+    if count and "ltiResourceLink" not in accept_types:
         raise PickRefused("This LMS placement does not accept activity links (ltiResourceLink).")
-    if len(picks) > 1 and settings.get("accept_multiple") is False:
-        raise PickRefused("This LMS placement accepts one activity at a time: choose only one.")
+    if count > 1 and settings.get("accept_multiple") is False:
+        raise PickRefused("This LMS placement accepts one activity at a time: choose only one (the instructor tools count as one).")
     for pick in picks:
         if pick.graded and pick.activity.kind == ActivityKind.SECTION_HEADER:
             raise PickRefused(f"“{pick.activity.title}” is a section header: it can only be added ungraded.")
@@ -70,12 +79,37 @@ def content_item(*, pick: PickedItem, placement: Placement, launch_url: str) -> 
     return item
 
 
+def instructor_tools_item(*, launch_url: str) -> dict[str, Any]:
+    """The instructor's tools as a content item: never a `lineItem` (an LMS would make it a gradebook column)."""
+    return {
+        "type": "ltiResourceLink",
+        "title": f"{INSTRUCTOR_TOOLS_TITLE} — {django_settings.TOOL_TITLE}",
+        "url": launch_url,
+        "text": INSTRUCTOR_TOOLS_TEXT,
+        "custom": {TOOL_PAGE_PARAM: INSTRUCTOR_TOOLS_PAGE},
+    }
+
+
+def _returned_message(picks: list[PickedItem], instructor_tools: bool) -> str:
+    parts = ["the instructor tools"] if instructor_tools else []
+    if picks:
+        parts.append(f"{len(picks)} activit{'y' if len(picks) == 1 else 'ies'}")
+    return f"Added {' and '.join(parts)}." if parts else ""
+
+
 @transaction.atomic
-def deep_linking_response(*, launch: Launch, registration: LtiRegistration, picks: list[PickedItem], launch_url: str) -> str:
-    """Record the placements and return the signed LtiDeepLinkingResponse JWT."""
+def deep_linking_response(
+    *,
+    launch: Launch,
+    registration: LtiRegistration,
+    picks: list[PickedItem],
+    launch_url: str,
+    instructor_tools: bool = False,
+) -> str:
+    """Record the placements and return the signed LtiDeepLinkingResponse JWT (the instructor tools first, if chosen)."""
     settings = launch.deep_linking_settings
-    validate_picks(settings, picks)
-    items = []
+    validate_picks(settings, picks, instructor_tools=instructor_tools)
+    items = [instructor_tools_item(launch_url=launch_url)] if instructor_tools else []
     for pick in picks:
         placement = Placement.objects.create(
             course=launch.course,
@@ -100,7 +134,8 @@ def deep_linking_response(*, launch: Launch, registration: LtiRegistration, pick
     }
     if "data" in settings and settings["data"] is not None:
         claims["https://purl.imsglobal.org/spec/lti-dl/claim/data"] = settings["data"]
-    if picks:
-        claims["https://purl.imsglobal.org/spec/lti-dl/claim/msg"] = f"Added {len(picks)} activit{'y' if len(picks) == 1 else 'ies'}."
+    message = _returned_message(picks, instructor_tools)
+    if message:
+        claims["https://purl.imsglobal.org/spec/lti-dl/claim/msg"] = message
     private_key, kid = tool_signing_key(registration)
     return jwt.encode(claims, private_key, algorithm="RS256", headers={"kid": kid})

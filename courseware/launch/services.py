@@ -9,6 +9,7 @@ from lti_tool.utils import sync_data_from_launch
 
 from gradesync import api as gradesync_api
 from institutions.services import upsert_course_from_launch
+from institutions.tool_configuration import INSTRUCTOR_TOOLS_PAGE, TOOL_PAGE_PARAM
 
 from ..models import Activity, ActivityLink, Launch, LaunchRole, Placement
 from .refusals import LaunchRefused
@@ -51,6 +52,17 @@ def role_from_claims(roles: list[str]) -> str:
     return LaunchRole.OTHER
 
 
+INSTRUCTOR_TOOLS_ONLY = (
+    "This link is for the course's instructors: it opens grade sync and attempts allowed. "
+    "Open your activities from the course instead."
+)
+
+
+def opens_instructor_tools(verified: VerifiedLaunch) -> bool:
+    """A resource link placed for the instructor's tools (deep linking or Canvas's course navigation), not an activity."""
+    return verified.message_type == RESOURCE_LINK_REQUEST and verified.custom.get(TOOL_PAGE_PARAM) == INSTRUCTOR_TOOLS_PAGE
+
+
 def _placement_from(custom: dict[str, str]) -> Placement | None:
     placement_id = custom.get(PLACEMENT_PARAM, "")
     if not placement_id.isdigit():
@@ -70,14 +82,18 @@ def _activity_from(custom: dict[str, str], placement: Placement | None) -> Activ
 def refuse_dead_ends(verified: VerifiedLaunch) -> None:
     """Refuse, before anything is written, a verified launch that leads this user nowhere.
 
-    A deep-linking request from anyone but an instructor, or a learner's link that names none of our
-    activities (no activity in its custom parameters, no link bound at an earlier launch): the
-    launch is genuine, but a refused launch writes no user, course or Launch.
+    A deep-linking request or an instructor-tools link from anyone but an instructor, or a learner's
+    link that names none of our activities (no activity in its custom parameters, no link bound at an
+    earlier launch): the launch is genuine, but a refused launch writes no user, course or Launch.
     """
     role = role_from_claims(verified.claim("roles") or [])
     if verified.message_type == DEEP_LINKING_REQUEST:
         if role != LaunchRole.INSTRUCTOR:
             raise LaunchRefused("Only instructors can add activities to a course.", status=403, return_url=verified.return_url)
+        return
+    if opens_instructor_tools(verified):
+        if role != LaunchRole.INSTRUCTOR:
+            raise LaunchRefused(INSTRUCTOR_TOOLS_ONLY, status=403, return_url=verified.return_url)
         return
     if role == LaunchRole.INSTRUCTOR or _activity_from(verified.custom, _placement_from(verified.custom)) is not None:
         return
@@ -97,7 +113,11 @@ def refuse_dead_ends(verified: VerifiedLaunch) -> None:
 def _bind_activity(
     *, verified: VerifiedLaunch, resource_link: LtiResourceLink, course: object
 ) -> ActivityLink | None:
-    """Bind the resource link to its catalog activity (first launch), and store its line item."""
+    """Bind the resource link to its catalog activity (first launch), and store its line item.
+
+    A link that is not for an activity (none named, none bound earlier) stores no line item, even
+    when the LMS names one: Moodle gives a hand-added link a 100-point column we must not grade.
+    """
     custom = verified.custom
     placement = _placement_from(custom)
     activity = _activity_from(custom, placement)
@@ -146,7 +166,9 @@ def record_launch(verified: VerifiedLaunch) -> tuple[Launch, ActivityLink | None
     activity_link = None
     if verified.message_type == RESOURCE_LINK_REQUEST:
         resource_link = lti_launch.resource_link
-        activity_link = _bind_activity(verified=verified, resource_link=resource_link, course=course)
+        # The instructor's tools are no activity: no binding, no line item, whatever the custom parameters name.
+        if not opens_instructor_tools(verified):
+            activity_link = _bind_activity(verified=verified, resource_link=resource_link, course=course)
     launch = Launch.objects.create(
         lti_user=lti_launch.user,
         course=course,

@@ -17,8 +17,9 @@ from ..models import Activity, ActivityKind, LaunchRole
 from ..sessions import bind_session_to_launch, current_launch
 from .deep_linking import PickedItem, PickRefused, deep_linking_response
 from .login import start_login
+from .notices import register_for_copy_notices
 from .refusals import LaunchRefused, posted_form
-from .services import record_launch, refuse_dead_ends
+from .services import opens_instructor_tools, record_launch, refuse_dead_ends
 from .verification import DEEP_LINKING_REQUEST, verify_launch
 
 logger = logging.getLogger(__name__)
@@ -81,12 +82,19 @@ class LaunchView(LtiLaunchBaseView):
                 return HttpResponseRedirect(with_lti_message(refusal.return_url, errormsg=refusal.reason))
             return refused(request, refusal.reason, status=refusal.status)
         launch, activity_link = record_launch(verified)
+        register_for_copy_notices(request, launch)
         bind_session_to_launch(request, launch, frame_origins=launch_frame_origins(launch, request=request))
         if launch.message_type == DEEP_LINKING_REQUEST:
             return HttpResponseRedirect(reverse("lti-pick"))
+        if opens_instructor_tools(verified):
+            return HttpResponseRedirect(reverse("courseware:instructor_tools"))
         if activity_link is not None:
             return HttpResponseRedirect(reverse("courseware:play", kwargs={"link_id": activity_link.pk}))
         return HttpResponseRedirect(reverse("courseware:schedule"))  # an instructor's link that is not ours
+
+
+# The picker's checkbox for the instructor tools (not a catalog activity, so not an "activity" value).
+INSTRUCTOR_TOOLS_FIELD = "instructor_tools"
 
 
 def _picks_from(post, activities: dict[int, Activity]) -> list[PickedItem]:
@@ -115,6 +123,7 @@ def pick(request: HttpRequest) -> HttpResponse:
     settings = launch.deep_linking_settings
     catalog = list(Activity.objects.filter(is_published=True).order_by("position", "id"))
     error = ""
+    instructor_tools = request.method == "POST" and request.POST.get(INSTRUCTOR_TOOLS_FIELD) == "on"
     if request.method == "POST":
         try:
             picks = _picks_from(request.POST, {a.pk: a for a in catalog})
@@ -123,6 +132,7 @@ def pick(request: HttpRequest) -> HttpResponse:
                 registration=launch.deployment.registration,
                 picks=picks,
                 launch_url=request.build_absolute_uri(reverse("lti-launch")),
+                instructor_tools=instructor_tools,
             )
         except PickRefused as refusal:
             error = str(refusal)
@@ -130,7 +140,7 @@ def pick(request: HttpRequest) -> HttpResponse:
             return render(
                 request,
                 "courseware/launch/deep_link_return.html",
-                {"return_url": settings["deep_link_return_url"], "jwt": token, "count": len(picks)},
+                {"return_url": settings["deep_link_return_url"], "jwt": token, "count": len(picks) + int(instructor_tools)},
             )
     sections: list[dict] = []
     for activity in catalog:
@@ -149,6 +159,8 @@ def pick(request: HttpRequest) -> HttpResponse:
             "accept_multiple": settings.get("accept_multiple") is not False,
             "accept_lineitem": settings.get("accept_lineitem") is not False,
             "selected": set(request.POST.getlist("activity")) if request.method == "POST" else set(),
+            "instructor_tools_field": INSTRUCTOR_TOOLS_FIELD,
+            "instructor_tools_selected": instructor_tools,
         },
         status=400 if error else 200,
     )
