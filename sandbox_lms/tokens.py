@@ -61,7 +61,9 @@ def issue_token(*, form: dict[str, str], registration: SandboxRegistration | Non
     if claims["iss"] != registration.client_id or claims["sub"] != registration.client_id:
         raise _oauth_error(400, "invalid_grant", "iss and sub must both be the client_id")
     requested = form.get("scope", "").split()
-    granted = [scope for scope in requested if scope in SUPPORTED_SCOPES]
+    # A key may hold fewer scopes than the platform supports (a Canvas admin can untick some).
+    allowed = registration.scopes or SUPPORTED_SCOPES
+    granted = [scope for scope in requested if scope in SUPPORTED_SCOPES and scope in allowed]
     if not granted:
         raise _oauth_error(400, "invalid_scope", "No supported scope was requested")
     deployment_id = str(claims.get(LTI + "deployment_id") or claims.get("deployment_id") or "")
