@@ -12,6 +12,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("courseware.launch.urls")),
     path(JWKS_PATH, jwks, name="lti-jwks"),
+    # Public: the Canvas developer key JSON of a registration (Canvas's "Enter URL" fetches it).
+    path("", include("institutions.urls")),
     path("courseware/", include("courseware.urls")),
 ]
 # Refusals inside the admin name the staff role needed; elsewhere Django's own 403 page.

@@ -5,7 +5,8 @@ The tool's public paths are defined once here; `config/urls.py` mounts the views
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,8 @@ from .models import LmsFamily
 LOGIN_PATH = "lti/login/"  # + <registration uuid>/
 LAUNCH_PATH = "lti/launch/"
 JWKS_PATH = "lti/jwks/"
+# The registration's Canvas developer key JSON, public: Canvas's "Enter URL" fetches it without signing in.
+CANVAS_JSON_PATH = "lti/registrations/<uuid:registration_uuid>/canvas.json"
 
 # A link that opens the instructor's tools (grade sync, attempts allowed) rather than an activity:
 # placed ungraded by deep linking, and as Canvas's course navigation, with this custom parameter.
@@ -114,6 +117,73 @@ PRESETS = {
 }
 
 
+# The order each LMS hands out its values: whether this tool's URLs must exist first (a draft
+# registration, client ID later) or the LMS's client ID comes first. Shown on the add page per preset.
+ONBOARDING_ORDER = {
+    LmsFamily.MOODLE: [
+        "Save this registration as a draft (client ID blank): its tool URLs are shown at once.",
+        "The Moodle admin adds the tool with those URLs (Site administration → Plugins → External tool → "
+        "Manage tools → configure a tool manually) and saves it.",
+        "Moodle then shows the Client ID and Deployment ID (the tool's \"View configuration details\"): "
+        "type both here, and the registration goes live.",
+    ],
+    LmsFamily.CANVAS: [
+        "Save this registration as a draft (client ID blank): its Canvas JSON URL is shown at once.",
+        "The Canvas admin creates an LTI developer key (Method \"Enter URL\" with that URL, or \"Paste JSON\"), "
+        "saves it and turns it ON.",
+        "The key's number is the client ID: type it here.",
+        "The admin adds the app by client ID (Settings → Apps); the app's Deployment Id is this registration's "
+        "deployment: type it here, and the registration goes live.",
+    ],
+    LmsFamily.BLACKBOARD: [
+        "The vendor registers the tool once in the Anthology developer portal: the application ID it gives is "
+        "the client ID, known first. Type it here with the preset's endpoints (CLIENT_ID replaced).",
+        "Each school's Blackboard admin adds the tool by that application ID "
+        "(LTI Tool Providers → Register LTI 1.3/Advantage Tool) and reads out the Deployment ID: type it here.",
+    ],
+    LmsFamily.D2L: [
+        "Save this registration as a draft (client ID blank): its tool URLs are shown at once.",
+        "The Brightspace admin registers the tool with them (Manage Extensibility → LTI Advantage → Register Tool); "
+        "Brightspace shows the Client Id, its endpoints and the audience: type them here.",
+        "The admin creates a deployment (View Deployments → New Deployment): type its Deployment Id here, "
+        "and the registration goes live.",
+    ],
+    LmsFamily.SCHOOLOGY: [
+        "Save this registration as a draft (client ID blank): its tool URLs are shown at once.",
+        "The tool's LTI 1.3 app is set up in Schoology with those URLs; Schoology gives the Client ID: type it here.",
+        "A school installs the app; its Deployment ID is this registration's deployment: type it here.",
+    ],
+    LmsFamily.SAKAI: [
+        "Save this registration as a draft (client ID blank): its tool URLs are shown at once.",
+        "The Sakai admin adds the tool with those URLs (or pastes a Dynamic Registration link instead); "
+        "Sakai then shows its issuer, endpoints, Client ID and Deployment ID: type them here.",
+    ],
+}
+
+# A draft registration has no client ID yet; django-lti's column is NOT NULL and unique per issuer
+# (every hosted Canvas shares one issuer), so a draft holds a placeholder no LMS sends.
+DRAFT_CLIENT_ID_PREFIX = "draft-"
+NOT_ISSUED_YET = "— not issued yet —"
+
+
+def new_draft_client_id() -> str:
+    return f"{DRAFT_CLIENT_ID_PREFIX}{uuid.uuid4().hex}"
+
+
+def is_draft_client_id(client_id: str) -> bool:
+    return client_id.startswith(DRAFT_CLIENT_ID_PREFIX)
+
+
+def is_draft(registration: LtiRegistration) -> bool:
+    """A registration whose LMS has not issued its client ID yet: shown with its tool URLs, matching no launch."""
+    return is_draft_client_id(registration.client_id or "")
+
+
+def shown_client_id(registration: LtiRegistration) -> str:
+    """The client ID as staff read it: a draft's placeholder is never shown."""
+    return NOT_ISSUED_YET if is_draft(registration) else registration.client_id
+
+
 # Where each LMS shows the platform's values the registration form asks for (the LMS admin reads them out).
 REGISTRATION_FIELD_HELP = {
     "issuer": (
@@ -187,6 +257,10 @@ def default_registration_name(*, lms: str, institution: str = "", issuer: str = 
     return f"{lms} — {host}" if host and PLACEHOLDER.lower() not in host else ""
 
 
+def canvas_json_path(registration: LtiRegistration) -> str:
+    return CANVAS_JSON_PATH.replace("<uuid:registration_uuid>", str(registration.uuid))
+
+
 def tool_urls(base_url: str, registration: LtiRegistration) -> dict[str, str]:
     base = base_url.rstrip("/") + "/"
     return {
@@ -195,6 +269,7 @@ def tool_urls(base_url: str, registration: LtiRegistration) -> dict[str, str]:
         "redirect": f"{base}{LAUNCH_PATH}",
         "deep_linking": f"{base}{LAUNCH_PATH}",
         "jwks": f"{base}{JWKS_PATH}",
+        "canvas_json": f"{base}{canvas_json_path(registration)}",
     }
 
 
@@ -202,8 +277,30 @@ def custom_parameters(lms_family: str) -> dict[str, str]:
     return dict(CUSTOM_PARAMETERS.get(lms_family, CUSTOM_PARAMETERS["default"]))
 
 
+def custom_parameters_text(lms_family: str) -> str:
+    """One name=value a line, as Moodle, D2L and Sakai take custom parameters."""
+    return "\n".join(f"{name}={value}" for name, value in custom_parameters(lms_family).items())
+
+
+def base_url_warning(base_url: str) -> str:
+    """Why an LMS on another machine could not reach the tool at `base_url`, or "" when it can."""
+    parts = urlsplit(base_url)
+    if is_loopback_host(parts.hostname):
+        return (
+            f"This tool is being reached at {base_url}, a loopback address: LMSes on other machines cannot reach "
+            f"{base_url} (only a platform on this very machine, like the sandbox LMS, can). "
+            "Open this page through the tool's public https address before handing these values over."
+        )
+    if parts.scheme != "https":
+        return (
+            f"This tool is being reached over plain http ({base_url}): LMSes refuse or cannot trust tool URLs "
+            "without https. Open this page through the tool's public https address before handing these values over."
+        )
+    return ""
+
+
 def canvas_developer_key(base_url: str, registration: LtiRegistration) -> dict[str, Any]:
-    """The JSON that Canvas's "LTI Key → Paste JSON" accepts as it is."""
+    """The JSON that Canvas's "LTI Key → Paste JSON" (or "Enter URL") accepts as it is. No secret in it."""
     urls = tool_urls(base_url, registration)
     title = settings.TOOL_TITLE
     return {
@@ -234,12 +331,15 @@ def canvas_developer_key(base_url: str, registration: LtiRegistration) -> dict[s
                             "text": f"Add {title} activities",
                         },
                         {
+                            # The instructor's tools (grade sync, attempts allowed) without a gradebook column:
+                            # "admins" is Canvas's word for teachers and admins, so students never see the tab.
                             "placement": "course_navigation",
                             "message_type": "LtiResourceLinkRequest",
                             "target_link_uri": urls["launch"],
-                            "text": "Grade sync",
+                            "text": "Grade sync (instructor tools)",
                             "visibility": "admins",
-                            "default": "disabled",
+                            "default": "enabled",
+                            "custom_fields": {TOOL_PAGE_PARAM: INSTRUCTOR_TOOLS_PAGE},
                         },
                     ],
                 },
@@ -247,3 +347,172 @@ def canvas_developer_key(base_url: str, registration: LtiRegistration) -> dict[s
         ],
         "custom_fields": custom_parameters(LmsFamily.CANVAS),
     }
+
+
+# --- Hand-off pages: where each value goes, per LMS --------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandoffStep:
+    """One field or switch in the LMS: its label there, and what to enter or choose.
+
+    `copy` marks a value to paste (a URL, a JSON, parameters); a switch to set is not copied.
+    """
+
+    label: str
+    value: str
+    copy: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What one LMS family's admin does with this registration, in the LMS's own words."""
+
+    family: str
+    title: str
+    where: str
+    steps: list[HandoffStep] = field(default_factory=list)
+    afterwards: str = ""
+    verified: bool = True  # False: the labels come from vendor docs we could not check on a real install
+
+
+def handoffs(base_url: str, registration: LtiRegistration, lms_family: str) -> list[Handoff]:
+    """Every family's hand-off for this registration, the registration's own family first."""
+    urls = tool_urls(base_url, registration)
+    title = settings.TOOL_TITLE
+    host = urlsplit(urls["launch"]).hostname or ""
+    scopes = "\n".join(TOOL_SCOPES)
+    pages = [
+        Handoff(
+            LmsFamily.MOODLE, "Moodle",
+            "Site administration → Plugins → Activity modules → External tool → Manage tools → "
+            "\"configure a tool manually\"",
+            [
+                HandoffStep("Tool name", title),
+                HandoffStep("Tool URL", urls["launch"]),
+                HandoffStep("LTI version", "LTI 1.3", copy=False),
+                HandoffStep("Public key type", "Keyset URL", copy=False),
+                HandoffStep("Public keyset", urls["jwks"]),
+                HandoffStep("Initiate login URL", urls["login"]),
+                HandoffStep("Redirection URI(s)", urls["redirect"]),
+                HandoffStep("Custom parameters", custom_parameters_text(LmsFamily.MOODLE),
+                            note="One name=value per line: course dates and copy history."),
+                HandoffStep("Tool configuration usage", "Show in activity chooser and as a preconfigured tool", copy=False),
+                HandoffStep("Supports Deep Linking (Content-Item Message)", "ticked", copy=False),
+                HandoffStep("Content Selection URL", urls["deep_linking"]),
+                HandoffStep("Services → IMS LTI Assignment and Grade Services",
+                            "Use this service for grade sync and column management", copy=False),
+                HandoffStep("Services → IMS LTI Names and Role Provisioning",
+                            "Use this service to retrieve members' information as per privacy settings", copy=False),
+                HandoffStep("Privacy → Share launcher's name with tool", "Always", copy=False),
+                HandoffStep("Privacy → Share launcher's email with tool", "Always", copy=False),
+                HandoffStep("Privacy → Accept grades from the tool", "Always", copy=False),
+            ],
+            "After \"Save changes\", the tool's \"View configuration details\" (list icon in Manage tools) shows "
+            "Platform ID, Client ID, Deployment ID, Public keyset URL, Access token URL and Authentication request URL: "
+            "they go into this registration (issuer = Platform ID) and its deployment.",
+        ),
+        Handoff(
+            LmsFamily.CANVAS, "Canvas",
+            "Admin → Developer Keys → + Developer Key → + LTI Key",
+            [
+                HandoffStep("Method: Enter URL → JSON URL", urls["canvas_json"],
+                            note="Canvas fetches this page itself; or choose \"Paste JSON\" and paste the JSON below "
+                                 "(also downloadable)."),
+                HandoffStep("Redirect URIs", urls["redirect"]),
+                HandoffStep("Placements (in the JSON)",
+                            "Assignment Selection, Link Selection (deep linking); Course Navigation (instructor tools, "
+                            "teachers and admins only)", copy=False),
+                HandoffStep("LTI Advantage Services / scopes (in the JSON)", scopes, copy=False,
+                            note="Leave them all on: grade sync needs line items, scores and results."),
+                HandoffStep("After saving: State", "ON", copy=False,
+                            note="A key left OFF refuses every launch."),
+                HandoffStep("Client ID", "the key's number in the Details column", copy=False,
+                            note="Type it into this registration's client ID."),
+                HandoffStep("Admin (or course) → Settings → Apps → View App Configurations → + App",
+                            "Configuration Type: By Client ID → the key's number → Install", copy=False),
+                HandoffStep("The app's cog → Deployment Id", "type it as this registration's deployment", copy=False),
+            ],
+            "Issuer https://canvas.instructure.com (every hosted school) and the Canvas preset's endpoints.",
+        ),
+        Handoff(
+            LmsFamily.BLACKBOARD, "Blackboard Learn",
+            "The vendor, once: Anthology developer portal (developer.blackboard.com) → My Applications → "
+            "Register LTI 1.3 Tool. Each school: System Admin → Integrations → LTI Tool Providers → "
+            "Register LTI 1.3/Advantage Tool",
+            [
+                HandoffStep("Portal: Domain(s)", host),
+                HandoffStep("Portal: Login Initiation URL", urls["login"]),
+                HandoffStep("Portal: Tool Redirect URL(s)", urls["redirect"]),
+                HandoffStep("Portal: Tool JWKS URL", urls["jwks"]),
+                HandoffStep("Portal: Custom Parameters", custom_parameters_text(LmsFamily.BLACKBOARD)),
+                HandoffStep("School: Client ID", "the portal's Application ID (this registration's client ID)", copy=False),
+                HandoffStep("School: Tool Status", "Approved", copy=False),
+                HandoffStep("School: User Fields to Send", "Role in Course, Name, Email Address", copy=False),
+                HandoffStep("School: Allow grade service access", "Yes", copy=False),
+                HandoffStep("School: Allow Membership Service access", "Yes", copy=False),
+            ],
+            "The school's Blackboard shows a Deployment ID for the tool: it is this registration's deployment for "
+            "that school. Deleting the integration in Blackboard destroys its links: redeploy with the same client ID.",
+            verified=False,
+        ),
+        Handoff(
+            LmsFamily.D2L, "D2L Brightspace",
+            "Admin Tools → Manage Extensibility → LTI Advantage → Register Tool (Standard)",
+            [
+                HandoffStep("Domain", f"{urlsplit(urls['launch']).scheme}://{host}"),
+                HandoffStep("Redirect URLs", urls["redirect"]),
+                HandoffStep("OpenID Connect Login URL", urls["login"]),
+                HandoffStep("Target Link URI", urls["launch"]),
+                HandoffStep("Keyset URL", urls["jwks"], note="Brightspace takes only a key set URL, never a pasted key."),
+                HandoffStep("Extensions", "Assignment and Grade Services, Deep Linking, Names and Role Provisioning Services",
+                            copy=False),
+                HandoffStep("Roles → Send Institution Role", "optional", copy=False),
+                HandoffStep("Deployment → Security Settings", "Name, Email, Org Unit Information, Link Information",
+                            copy=False),
+                HandoffStep("Deployment → Custom parameters", custom_parameters_text(LmsFamily.D2L)),
+                HandoffStep("Deployment → Enabled", "ticked (a new registration is disabled)", copy=False),
+            ],
+            "After registering, Brightspace shows Client Id, Issuer, OpenID Connect Authentication Endpoint, Brightspace "
+            "OAuth2 Access Token URL, Brightspace Keyset URL and Brightspace OAuth2 Audience: they go into this "
+            "registration. View Deployments → New Deployment gives the Deployment Id.",
+        ),
+        Handoff(
+            LmsFamily.SCHOOLOGY, "Schoology",
+            "The LTI 1.3 app's configuration in Schoology (the vendor's app, installed by each school)",
+            [
+                HandoffStep("Domain", host),
+                HandoffStep("OIDC login (initiation) URL", urls["login"]),
+                HandoffStep("Redirect URL(s)", urls["redirect"]),
+                HandoffStep("Target link / launch URL", urls["launch"]),
+                HandoffStep("Public key set (JWKS) URL", urls["jwks"]),
+                HandoffStep("Deep linking", urls["deep_linking"],
+                            note="Schoology offers deep linking only from \"Add Materials\"."),
+                HandoffStep("Services", "Assignment and Grade Services, Names and Role Provisioning", copy=False),
+                HandoffStep("Custom parameters", custom_parameters_text(LmsFamily.SCHOOLOGY)),
+            ],
+            "Schoology gives the Client ID (issuer https://schoology.schoology.com, the Schoology preset's endpoints); "
+            "each school's installation has its Deployment ID.",
+            verified=False,
+        ),
+        Handoff(
+            LmsFamily.SAKAI, "Sakai",
+            "Administration Workspace → External Tools → Install LTI 1.x Tool (LTI 1.3 on)",
+            [
+                HandoffStep("Launch URL", urls["launch"]),
+                HandoffStep("OIDC Login (initiation) URL", urls["login"]),
+                HandoffStep("Redirect URL(s)", urls["redirect"]),
+                HandoffStep("Tool keyset URL", urls["jwks"]),
+                HandoffStep("Allow External Tool to return grades", "ticked", copy=False),
+                HandoffStep("Allow External Tool to create grade columns", "ticked", copy=False),
+                HandoffStep("Deep Linking / Content Item selection", urls["deep_linking"]),
+                HandoffStep("Send names and email", "ticked", copy=False),
+                HandoffStep("Custom parameters", custom_parameters_text(LmsFamily.SAKAI)),
+            ],
+            "Sakai shows the tool's LTI 1.3 platform information: Issuer, OIDC Authentication URL, Token URL, Keyset URL, "
+            "Client ID and Deployment ID go into this registration.",
+            verified=False,
+        ),
+    ]
+    return sorted(pages, key=lambda page: page.family != lms_family)  # stable: the others keep their order

@@ -21,6 +21,8 @@ from pylti1p3.contrib.django.session import DjangoSessionService
 from pylti1p3.exception import LtiException, OIDCException
 from pylti1p3.message_launch import MessageLaunch
 
+from institutions.tool_configuration import is_draft
+
 from .refusals import LaunchRefused, has_unsafe_characters, is_http_url, shown
 
 MAX_HINT_BYTES = 2048  # lti_message_hint, login_hint: URL-encoded, as copied into the redirect
@@ -69,6 +71,12 @@ def login_parameters(query: QueryDict) -> dict[str, str]:
 
 def _registration(registration_uuid: Any, parameters: dict[str, str]) -> LtiRegistration:
     registration = LtiRegistration.objects.filter(uuid=registration_uuid).first()
+    if registration is not None and is_draft(registration):
+        raise LaunchRefused(
+            "This registration is not finished: its client ID has not been entered yet. The LMS administrator "
+            "gives the client ID the LMS issued to the tool's integration team, who enter it; then launches work.",
+            status=409,
+        )
     if registration is None or not registration.is_active:
         raise LaunchRefused(
             "This login address is not one of this tool's LMS registrations (or the registration is switched off). "

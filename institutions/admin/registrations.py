@@ -1,18 +1,18 @@
-"""LTI registrations in the admin: presets, write-only keys, the tool configuration hand-off."""
+"""LTI registrations in the admin: presets, drafts (no client ID yet), write-only keys, the hand-off pages per LMS."""
 from __future__ import annotations
 
 import json
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -20,10 +20,10 @@ from django.views.decorators.debug import sensitive_post_parameters
 from lti_tool.admin import LtiRegistrationAdmin as BaseLtiRegistrationAdmin
 from lti_tool.models import LtiDeployment, LtiRegistration
 
-from .. import tool_configuration
+from .. import services, tool_configuration
 from ..keys import fingerprint, public_pem
 from ..models import (
-    Institution, LmsFamily, RegistrationProfile,
+    AuditEntry, Institution, LmsFamily, RegistrationProfile,
 )
 from .audit_trail import AuditedAdminMixin
 
@@ -92,7 +92,13 @@ class RegistrationForm(forms.ModelForm):
         help_text=_("The tool's published keys (JWKS) then sign for this registration."),
     )
 
+    deployments_institution = forms.ModelChoiceField(
+        queryset=Institution.objects.all(), required=False, label=_("new deployments belong to"),
+        help_text=_("Deployment IDs added below are assigned to this institution. Blank: they wait as pending deployments."),
+    )
+
     institution_name = ""  # set by RegistrationAdmin.get_form when the add page was opened for an institution
+    suggested_institution: Institution | None = None  # set by RegistrationAdmin.get_form
 
     class Meta:
         model = LtiRegistration
@@ -107,6 +113,16 @@ class RegistrationForm(forms.ModelForm):
             self.fields["name"].required = False  # blank: named after its LMS and issuer (clean)
             # Admin help texts are rendered as HTML: no angle brackets.
             self.fields["name"].help_text = _("Leave blank for “LMS — issuer host” (or “institution — LMS”).")
+        if "client_id" in self.fields:
+            self.fields["client_id"].required = False  # blank: a draft (clean)
+            self.fields["client_id"].help_text = _(
+                "Leave blank to save a draft: its tool URLs are shown at once, it matches no launch, and typing the "
+                "client ID later makes it live. "
+            ) + tool_configuration.REGISTRATION_FIELD_HELP["client_id"]
+            if self.instance.pk and tool_configuration.is_draft(self.instance):
+                self.initial["client_id"] = ""  # the placeholder is ours, never shown
+        if "deployments_institution" in self.fields and self.suggested_institution is not None:
+            self.fields["deployments_institution"].initial = self.suggested_institution.pk
 
     def clean_issuer(self) -> str:
         return tool_configuration.normalised_issuer(self.cleaned_data.get("issuer") or "")
@@ -117,7 +133,26 @@ class RegistrationForm(forms.ModelForm):
             raise ValidationError(
                 _("A client ID has no spaces or invisible characters inside: copy it again from the LMS.")
             )
+        if tool_configuration.is_draft_client_id(client_id):
+            raise ValidationError(_("This is not a client ID an LMS issued: copy it from the LMS, or leave it blank for a draft."))
         return client_id
+
+    def _clean_draft(self, cleaned: dict) -> None:
+        """Blank client ID: a draft (placeholder client ID, switched off). A draft given its client ID goes live."""
+        was_draft = bool(self.instance.pk) and tool_configuration.is_draft(self.instance)
+        if "client_id" in self.errors:
+            return
+        if cleaned.get("client_id"):
+            if was_draft:
+                cleaned["is_active"] = True
+            return
+        if self.instance.pk and not was_draft:
+            self.add_error("client_id", _(
+                "This registration is live: its client ID cannot be removed. Switch it off (is active) instead."
+            ))
+            return
+        cleaned["client_id"] = self.instance.client_id if was_draft else tool_configuration.new_draft_client_id()
+        cleaned["is_active"] = False  # matches no launch until the LMS has issued its client ID
 
     @property
     def changed_data(self) -> list[str]:
@@ -128,7 +163,11 @@ class RegistrationForm(forms.ModelForm):
                 name for name in ("public_key", "private_key")
                 if name in self.cleaned_data and self.cleaned_data[name] != (self.initial.get(name) or "")
             ]
-        return changed
+            # A draft going live switches itself on, whatever the checkbox said.
+            if "is_active" not in changed and "is_active" in self.cleaned_data and self.instance.pk:
+                if self.cleaned_data["is_active"] != self.initial.get("is_active"):
+                    changed.append("is_active")
+        return [name for name in changed if name != "deployments_institution"]
 
     def _clean_key_pair(self, cleaned: dict) -> None:
         pasted_private, pasted_public = cleaned.get("private_key") or "", cleaned.get("public_key") or ""
@@ -158,6 +197,7 @@ class RegistrationForm(forms.ModelForm):
     def clean(self) -> dict:
         cleaned = super().clean()
         self._clean_key_pair(cleaned)
+        self._clean_draft(cleaned)
         issuer = cleaned.get("issuer") or ""
         if issuer:
             try:
@@ -182,7 +222,7 @@ class RegistrationForm(forms.ModelForm):
     def _refuse_registered_twice(self, cleaned: dict) -> None:
         """A form error naming the registration that already has this issuer and client ID (any trailing slash)."""
         issuer, client_id = cleaned.get("issuer"), cleaned.get("client_id")
-        if not issuer or not client_id or "client_id" in self.errors:
+        if not issuer or not client_id or "client_id" in self.errors or tool_configuration.is_draft_client_id(client_id):
             return
         existing = (
             LtiRegistration.objects.filter(issuer__in=[issuer, f"{issuer}/"], client_id=client_id)
@@ -199,14 +239,48 @@ class RegistrationForm(forms.ModelForm):
         return LmsFamily(family).label if family in LmsFamily.values and family != LmsFamily.OTHER else "LMS"
 
 
+class RegistrationStateFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list:
+        return [("draft", _("Draft (no client ID yet)")), ("live", _("Live")), ("off", _("Switched off"))]
+
+    def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
+        draft = models.Q(client_id__startswith=tool_configuration.DRAFT_CLIENT_ID_PREFIX)
+        if self.value() == "draft":
+            return queryset.filter(draft)
+        if self.value() == "live":
+            return queryset.exclude(draft).filter(is_active=True)
+        if self.value() == "off":
+            return queryset.exclude(draft).filter(is_active=False)
+        return queryset
+
+
+def opened_for(registration: LtiRegistration) -> Institution | None:
+    """The institution whose deployments this registration serves: its deployments' one owner, else the one
+    its add page was opened for (recorded on its creation's audit entry)."""
+    owners = list(
+        Institution.objects.filter(deployments__deployment__registration=registration).distinct()[:2]
+    )
+    if owners:
+        return owners[0] if len(owners) == 1 else None
+    created = (
+        AuditEntry.objects.filter(
+            action="ltiregistration.created", object_id=str(registration.pk), institution__isnull=False
+        ).select_related("institution").first()
+    )
+    return created.institution if created else None
+
+
 admin.site.unregister(LtiRegistration)  # django-lti's own admin, replaced by ours below
 
 
 @admin.register(LtiRegistration)
 class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
     form = RegistrationForm
-    list_display = ["name", "lms", "issuer", "client_id", "deployment_count", "is_active", "tool_configuration_link"]
-    list_filter = ["profile__lms_family", "is_active"]
+    list_display = ["name", "lms", "issuer", "shown_client_id", "deployment_count", "state", "tool_configuration_link"]
+    list_filter = [RegistrationStateFilter, "profile__lms_family", "is_active"]
     list_select_related = ["profile"]
     search_fields = ["name", "issuer", "client_id"]
     readonly_fields = ["uuid", "key_fingerprint"]
@@ -222,8 +296,11 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
             key_fields = ["key_fingerprint", "public_key", "private_key", "remove_key_pair"]
         else:
             key_fields = ["key_fingerprint"]
+        may_edit = self.has_add_permission(request) if obj is None else self.has_change_permission(request, obj)
+        deployments = [(_("Deployments"), {"fields": ["deployments_institution"]})] if may_edit else []
         return [
             main,
+            *deployments,
             (_("Static key pair"), {
                 "description": _("For platforms that cannot fetch the tool's JWKS. Private keys are never shown."),
                 "fields": key_fields,
@@ -245,6 +322,54 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         return super().get_queryset(request).annotate(_deployments=Count("deployments"))
+
+    @admin.display(description=_("client ID"), ordering="client_id")
+    def shown_client_id(self, registration: LtiRegistration) -> str:
+        return tool_configuration.shown_client_id(registration)
+
+    @admin.display(description=_("state"))
+    def state(self, registration: LtiRegistration) -> str:
+        if tool_configuration.is_draft(registration):
+            return _("Draft")
+        return _("Live") if registration.is_active else _("Switched off")
+
+    def _changes(self, form: forms.ModelForm, *, adding: bool) -> dict:
+        # The audit trail reads "— not issued yet —", never a draft's placeholder client ID.
+        changes = super()._changes(form, adding=adding)
+        if isinstance(form, RegistrationForm) and "client_id" in changes:
+            old, new = changes["client_id"]
+            changes["client_id"] = (
+                tool_configuration.NOT_ISSUED_YET if not adding and not old else old,
+                tool_configuration.NOT_ISSUED_YET if tool_configuration.is_draft_client_id(new or "") else new,
+            )
+        changes.pop("deployments_institution", None)
+        return changes
+
+    def save_model(self, request: HttpRequest, obj: LtiRegistration, form: forms.ModelForm, change: bool) -> None:
+        if not change:
+            # Read by institution_of for the creation's audit entry: whose LMS this is (opened_for reads it back).
+            obj.institution = form.cleaned_data.get("deployments_institution") or self._institution_from_query(request)
+        super().save_model(request, obj, form, change)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        institution = form.cleaned_data.get("deployments_institution")
+        if formset.model is LtiDeployment and institution is not None:
+            for deployment in formset.new_objects:
+                services.assign_deployment(
+                    deployment=deployment, institution=institution, activate=False, acting_user=request.user
+                )
+
+    def response_add(self, request: HttpRequest, obj: LtiRegistration, post_url_continue: str | None = None) -> HttpResponse:
+        # Its URLs at once: the LMS admin needs them before (Moodle, D2L) or with (Canvas) the client ID.
+        if "_addanother" in request.POST or "_continue" in request.POST or "_popup" in request.POST:
+            return super().response_add(request, obj, post_url_continue)
+        if tool_configuration.is_draft(obj):
+            text = _("Draft “%s” saved: hand these values to the LMS admin, then type the client ID the LMS issues.")
+        else:
+            text = _("Registration “%s” saved: hand these values to the LMS admin.")
+        self.message_user(request, text % obj, messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:lti_tool_ltiregistration_tool_configuration", args=[obj.pk]))
 
     @admin.display(description=_("LMS"), ordering="profile__lms_family")
     def lms(self, registration: LtiRegistration) -> str:
@@ -270,6 +395,9 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
         institution = self._institution_from_query(request) if obj is None else None
         if institution is not None:
             form = type(form.__name__, (form,), {"institution_name": str(institution)})
+        suggested = institution if obj is None else (self._institution_from_query(request) or opened_for(obj))
+        if suggested is not None:
+            form = type(form.__name__, (form,), {"suggested_institution": suggested})
         return form
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict:
@@ -299,10 +427,19 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
             kwargs["initial"] = [{"lms_family": preset.lms_family}]
         return kwargs
 
-    def render_change_form(self, request: HttpRequest, context: dict, *args: Any, **kwargs: Any) -> HttpResponse:
+    def render_change_form(self, request: HttpRequest, context: dict, *args: Any, obj: Any = None, **kwargs: Any) -> HttpResponse:
         context["presets"] = tool_configuration.PRESETS
         context["for_institution"] = self._institution_from_query(request)
-        return super().render_change_form(request, context, *args, **kwargs)
+        preset = tool_configuration.PRESETS.get(request.GET.get("preset", ""))
+        if preset is not None:
+            context["preset"] = preset
+            context["onboarding_order"] = tool_configuration.ONBOARDING_ORDER.get(preset.lms_family, [])
+        else:
+            context["onboarding_orders"] = [
+                (LmsFamily(family).label, steps) for family, steps in tool_configuration.ONBOARDING_ORDER.items()
+            ]
+        context["is_draft"] = obj is not None and tool_configuration.is_draft(obj)
+        return super().render_change_form(request, context, *args, obj=obj, **kwargs)
 
     def get_urls(self) -> list:
         return [
@@ -315,25 +452,37 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
         ]
 
     def tool_configuration_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The hand-off page: every value the LMS admin needs, per LMS, with where it goes. Public values only."""
         registration = get_object_or_404(self.get_queryset(request).select_related("profile"), pk=object_id)
         if not self.has_view_permission(request, registration):
             raise PermissionDenied
         base_url = request.build_absolute_uri("/")
         profile = getattr(registration, "profile", None)
-        lms_family = profile.lms_family if profile else "other"
+        lms_family = profile.lms_family if profile else LmsFamily.OTHER
+        urls = tool_configuration.tool_urls(base_url, registration)
+        try:
+            invitation_url = reverse("admin:institutions_registrationinvitation_add")
+        except NoReverseMatch:  # Dynamic Registration links not installed
+            invitation_url = ""
         context = {
             **self.admin_site.each_context(request),
             "title": _("Tool configuration for %s") % registration,
             "registration": registration,
             "opts": self.opts,
             "original": registration,
-            "urls": tool_configuration.tool_urls(base_url, registration),
+            "urls": urls,
+            "is_draft": tool_configuration.is_draft(registration),
+            "client_id": tool_configuration.shown_client_id(registration),
+            "deployment_ids": list(registration.deployments.values_list("deployment_id", flat=True)[:20]),
+            "may_change": self.has_change_permission(request, registration),
+            "base_url_warning": tool_configuration.base_url_warning(base_url),
+            "handoffs": tool_configuration.handoffs(base_url, registration, lms_family),
             "scopes": tool_configuration.TOOL_SCOPES,
             "custom_parameters": tool_configuration.custom_parameters(lms_family),
-            "custom_parameters_text": "\n".join(
-                f"{k}={v}" for k, v in tool_configuration.custom_parameters(lms_family).items()
-            ),
+            "custom_parameters_text": tool_configuration.custom_parameters_text(lms_family),
             "canvas_json": json.dumps(tool_configuration.canvas_developer_key(base_url, registration), indent=2),
-            "is_canvas": lms_family == "canvas",
+            "canvas_json_download": f"{urls['canvas_json']}?download=1",
+            "invitation_url": invitation_url,
+            "is_canvas": lms_family == LmsFamily.CANVAS,
         }
         return TemplateResponse(request, "admin/lti_tool/ltiregistration/tool_configuration.html", context)
