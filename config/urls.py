@@ -12,6 +12,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("courseware.launch.urls")),
     path(JWKS_PATH, jwks, name="lti-jwks"),
+    # LTI Dynamic Registration: the one-time link an LMS admin pastes (institutions.dynamic_registration).
+    path("lti/register/", include("institutions.dynamic_registration.urls")),
     # Public: the Canvas developer key JSON of a registration (Canvas's "Enter URL" fetches it).
     path("", include("institutions.urls")),
     path("courseware/", include("courseware.urls")),

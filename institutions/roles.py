@@ -27,6 +27,8 @@ ROLE_RULES: dict[str, dict[str, Any]] = {
             ("institutions", "institution", ["add", "change"]),
             ("institutions", "registrationprofile", ["add", "change", "delete"]),
             ("institutions", "deploymentownership", ["add", "change", "delete"]),
+            # Dynamic Registration links: made (and audited) by institutions.dynamic_registration, never edited.
+            ("institutions", "registrationinvitation", ["add"]),
         ],
         "named": [("gradesync", "view_diagnostics")],
     },

@@ -65,6 +65,8 @@ def start_launch(
     course = course or resource_link.course
     deployment = course.deployment
     registration = deployment.registration
+    if not registration.is_enabled:
+        raise Refusal(f"The tool {registration.name} is pending: the LMS admin has not enabled it yet.", status=403)
     enrolment = SandboxEnrolment.objects.filter(course=course, user=user).first()
     if enrolment is None:
         raise Refusal(f"{user} is not enrolled in {course}.", status=403)

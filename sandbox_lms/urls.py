@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import registration_views, views
 
 app_name = "sandbox_lms"
 
@@ -16,6 +16,11 @@ urlpatterns = [
     path("links/<int:pk>/launch/", views.launch, name="launch"),
     path("registrations/<int:pk>/", views.registration, name="registration"),
     path("log/", views.request_log, name="log"),
+    # Dynamic Registration: the admin's "Add a tool by link", the openid configuration, the registration endpoint.
+    path("tools/add/", registration_views.add_tool, name="add-tool"),
+    path("tools/<int:pk>/enable/", registration_views.enable, name="enable-tool"),
+    path(".well-known/openid-configuration", registration_views.openid_configuration, name="openid-configuration"),
+    path("register/", registration_views.register, name="register"),
     # The platform's endpoints.
     path("auth/", views.authorize, name="auth"),
     path("jwks/", views.jwks, name="jwks"),

@@ -5,8 +5,10 @@ are re-exported here.
 """
 from .audit_trail import AuditedAdminMixin
 from .deployments import DeploymentAdmin
+from .invitations import RegistrationInvitationAdmin
 from .keys import KeyAdmin
 from .registrations import RegistrationAdmin
 from .tenants import CourseAdmin, GradePolicyForm, InstitutionAdmin
 
-__all__ = ["AuditedAdminMixin", "CourseAdmin", "DeploymentAdmin", "GradePolicyForm", "InstitutionAdmin", "KeyAdmin", "RegistrationAdmin"]
+__all__ = ["AuditedAdminMixin", "CourseAdmin", "DeploymentAdmin", "GradePolicyForm", "InstitutionAdmin", "KeyAdmin", "RegistrationAdmin",
+           "RegistrationInvitationAdmin"]
