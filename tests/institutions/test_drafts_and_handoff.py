@@ -12,6 +12,7 @@ import html
 import json
 import re
 import uuid
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,7 +25,8 @@ from lti_tool.models import Key, LtiDeployment, LtiRegistration
 from institutions import tool_configuration
 from institutions.models import AuditEntry, DeploymentOwnership
 from institutions.roles import INTEGRATION, READ_ONLY, sync_staff_roles
-from sandbox_lms import api
+from sandbox_lms import api, developer_keys
+from sandbox_lms.models import Role
 from tests import lms
 from tests.courseware.test_launch_flow import catalog, link_for, take_quiz  # noqa: F401 - catalog is a fixture
 from tests.courseware.test_launch_security import rows
@@ -263,6 +265,49 @@ def test_a_moodle_draft_becomes_live_and_a_student_launch_from_the_lms_is_graded
     assert take_quiz(http, launched, [1, 2, 0, 3]).status_code == 200
     line_item = seeded.course.line_items.get(label="Quiz: OSI layers")
     assert api.grades(line_item=line_item)[seeded.students[0].sub].result == pytest.approx(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_canvas_draft_made_from_its_json_url_becomes_live_and_a_student_launch_is_graded(live_server, two_institutions, client_for, catalog):  # noqa: F811
+    """Canvas's order: a draft, a developer key made from its JSON URL, the key's number, the installation's id."""
+    north, _ = two_institutions
+    _, quiz, _ = catalog
+    Key.objects.filter(is_active=True).exists() or Key.objects.generate()
+    sync_staff_roles(django_apps)
+    platform = api.create_platform(base_url=f"{live_server.url}/sandbox-lms")
+    client = client_for(INTEGRATION)
+    tool_host = urlsplit(live_server.url).netloc
+    response = client.post(f"{add_url()}?institution={north.pk}", registration_post_data(
+        name="", client_id="", issuer=platform.issuer, auth_url=platform.url("auth/"),
+        token_url=platform.url("token/"), keyset_url=platform.url("jwks/"), **{"profile-0-lms_family": "canvas"},
+    ), HTTP_HOST=tool_host)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    draft = LtiRegistration.objects.get()
+    json_url = shown_value(client.get(response["Location"], HTTP_HOST=tool_host).content.decode(), "cfg-canvas-json-url")
+
+    # The Canvas admin: LTI Key → Enter URL (fetched over HTTP, no sign-in), then + App → By Client ID.
+    developer_key = developer_keys.create_developer_key(platform=platform, data=developer_keys.fetch_tool_json(json_url))
+    assert developer_key.login_url == f"{live_server.url}/lti/login/{draft.uuid}/"
+    assert "https://purl.imsglobal.org/spec/lti-ags/scope/score" in developer_key.scopes
+    installation = developer_keys.install(registration=developer_key)
+    course = developer_keys.course_for_tool(deployment=installation, title="Networking Fundamentals")
+
+    response = client.post(change_url(draft), change_post(
+        draft, client_id=developer_key.client_id, deployment_ids=(installation.deployment_id,),
+        deployments_institution=str(north.pk),
+    ))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+
+    people = {e.role: e.user for e in course.enrolments.select_related("user")}
+    seeded = SimpleNamespace(instructor=people[Role.INSTRUCTOR], students=[people[Role.LEARNER]], course=course)
+    connected = lms.Connected(seeded, draft, LtiDeployment.objects.get(registration=draft), north, live_server.url)
+    placed = lms.deep_link(lms.browser(), connected, {quiz.pk: {"graded": True, "points": 20}})
+    assert placed.status_code == 200, placed.text[:500]
+    http = lms.browser()
+    launched = lms.launch(http, user=people[Role.LEARNER], resource_link=link_for(connected, quiz))
+    assert take_quiz(http, launched, [1, 2, 0, 3]).status_code == 200
+    line_item = course.line_items.get(label="Quiz: OSI layers")
+    assert api.grades(line_item=line_item)[people[Role.LEARNER].sub].result == pytest.approx(20)
 
 
 # --- Hand-off pages ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from lti_tool.models import LtiDeployment, LtiRegistration
 
 from institutions.models import AuditEntry, DeploymentOwnership, Institution
 from institutions.roles import INTEGRATION, READ_ONLY
+from institutions.tool_configuration import is_draft
 from tests.factories import DeploymentFactory, OwnedDeploymentFactory, RegistrationFactory
 from tests.institutions.test_admin import registration_post_data
 
@@ -83,6 +84,16 @@ def test_a_client_id_with_inner_whitespace_or_control_characters_is_refused(clie
     response = client_for(INTEGRATION).post(reverse(ADD_URL), registration_post_data(client_id=client_id))
     assert "no spaces or invisible characters" in refused(response, "client_id")
     assert nothing_written()
+
+
+def test_a_blank_client_id_saves_a_draft_that_matches_no_launch(client_for):
+    client = client_for(INTEGRATION)
+    assert "Leave blank to save a draft" in client.get(reverse(ADD_URL)).content.decode()
+    response = client.post(reverse(ADD_URL), registration_post_data(client_id="  \t"))
+    assert response.status_code == 302
+    registration = LtiRegistration.objects.get()
+    assert is_draft(registration) and not registration.is_active
+    assert response["Location"] == reverse("admin:lti_tool_ltiregistration_tool_configuration", args=[registration.pk])
 
 
 # --- Endpoints --------------------------------------------------------------------------------
