@@ -9,18 +9,20 @@ import datetime
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.db import transaction
 from django.utils import timezone
 
 from lti_tool.models import LtiDeployment, LtiLineItem, LtiResourceLink, LtiUser
 
 from institutions.models import Course
 
-from . import ledger, resync
+from . import ledger, notice_handlers, queue, resync
 from .models import Delivery, DeliveryStatus, ResyncJob, Result
 from .resync import CourseResyncRequest
 
 __all__ = ["LaunchFacts", "NO_LAUNCH", "record_result", "record_launch_endpoints", "course_sync_grid",
-           "request_course_resync", "course_resync_state", "CourseSyncGrid", "CourseResyncRequest"]
+           "request_course_resync", "course_resync_state", "CourseSyncGrid", "CourseResyncRequest",
+           "register_for_copy_notices"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,18 @@ def record_launch_endpoints(
     # Only one line item is bound to a resource link: one that the LMS now names replaces older ones.
     LtiLineItem.objects.filter(resource_link=resource_link).exclude(pk=line_item.pk).update(resource_link=None)
     return line_item
+
+
+def register_for_copy_notices(*, deployment: LtiDeployment, handler_url: str) -> bool:
+    """Ask the deployment's LMS to send us its context copy notices (PNS) at `handler_url`, when the
+    launch said it offers them. Queued after the launch's commit, in the background; at most once a
+    day per deployment. Returns whether a registration was queued."""
+    if not notice_handlers.wants_registration(deployment, handler_url):
+        return False
+    transaction.on_commit(
+        lambda: queue.send(queue.REGISTER_COPY_NOTICE_HANDLER, [deployment.pk, handler_url], queue="grades"), robust=True
+    )
+    return True
 
 
 # --- The instructor's view of their course's grade sync --------------------------------------

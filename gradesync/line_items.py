@@ -46,29 +46,63 @@ def line_item_for(course: Course, activity_key: str, resource_link: LtiResourceL
 
 
 
+# The tag our deep-linking responses put on every line item they create (courseware's
+# deep_linking.LINE_ITEM_TAG; grade sync cannot import courseware). The LMS keeps it in a course copy.
+COURSEWARE_TAG = "courseware"
+LINE_ITEM_URL_MAX = 200  # django-lti's LtiLineItem.url
+
+
+def _matching(items: list[dict], filters: dict[str, str], activity_key: str) -> dict | None:
+    """The one line item of a query that is the activity's. By link or resource id the LMS filtered
+    already; our tag is on every activity's line item, so it binds only a single item that names no
+    other activity. Never a guess among several."""
+    items = [
+        item for item in items
+        if isinstance(item, dict) and isinstance(item.get("id"), str) and 0 < len(item["id"]) <= LINE_ITEM_URL_MAX
+    ]
+    if "tag" not in filters:
+        return items[0] if items else None
+    ours = [item for item in items if (item.get("resourceId") or "") in ("", activity_key)]
+    return ours[0] if len(ours) == 1 else None
+
+
 def resolve_line_item(delivery: Delivery, token_for: Callable[[tuple[str, ...]], str]) -> LtiLineItem | None:
-    """Find the line item on the LMS by resource_link_id, resource_id, then tag. Never creates one."""
+    """Find the line item on the LMS by resource_link_id, resource_id, then tag. Never creates one.
+
+    Only the delivery's course's line items container is asked: in a copied course that is the
+    copy's own, so a grade never goes to the source course's column nor to a new one (AGS §3.2.15).
+    """
     context = delivery.course.context
     if not context.lineitems_url:
         return None
     token = token_for((ags.LINEITEM_READ_SCOPE,))
     link_id = delivery.resource_link.id_on_platform if delivery.resource_link else ""
-    for filters in ({"resource_link_id": link_id}, {"resource_id": delivery.activity_key}):
+    for filters in ({"resource_link_id": link_id}, {"resource_id": delivery.activity_key}, {"tag": COURSEWARE_TAG}):
         if not next(iter(filters.values())):
             continue
-        items = ags.find_line_items(lineitems_url=context.lineitems_url, token=token, **filters)
-        if items:
-            item = items[0]
+        item = _matching(
+            ags.find_line_items(lineitems_url=context.lineitems_url, token=token, **filters), filters, delivery.activity_key
+        )
+        if item is not None:
             line_item, _ = LtiLineItem.objects.update_or_create(
                 url=item["id"],
                 defaults={
                     "context": context,
                     "resource_link": delivery.resource_link if filters.get("resource_link_id") else None,
-                    "label": (item.get("label") or delivery.result.activity_title or "Activity")[:255],
-                    "maximum_score": float(item.get("scoreMaximum") or 1),
-                    "resource_id": item.get("resourceId") or "",
-                    "tag": item.get("tag") or "",
+                    "label": str(item.get("label") or delivery.result.activity_title or "Activity")[:255],
+                    "maximum_score": _score_maximum(item.get("scoreMaximum")),
+                    # Bound by our tag alone, it is this activity's: remembered so the next grade needs no lookup.
+                    "resource_id": str(item.get("resourceId") or (delivery.activity_key if "tag" in filters else ""))[:255],
+                    "tag": str(item.get("tag") or "")[:255],
                 },
             )
             return line_item
     return None
+
+
+def _score_maximum(value: object) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1.0
+    return number if number > 0 and number != float("inf") else 1.0

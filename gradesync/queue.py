@@ -13,6 +13,7 @@ RUN_RESYNC_JOB = "gradesync.run_resync_job"  # runs resync.run_job
 QUEUE_RESYNC_DELIVERIES = "gradesync.queue_resync_deliveries"  # runs resync.fan_out
 SWEEP_RESYNC_JOBS = "gradesync.sweep_resync_jobs"  # runs resync.sweep_resync_jobs
 ROLL_UP_DELIVERY_HOURS = "gradesync.roll_up_delivery_hours"  # runs health.roll_up_delivery_hours
+REGISTER_COPY_NOTICE_HANDLER = "gradesync.register_copy_notice_handler"  # runs notice_handlers.register_copy_notice_handler
 
 
 def send(name: str, args: Sequence, *, queue: str, countdown: float | None = None) -> None:

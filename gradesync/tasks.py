@@ -7,10 +7,11 @@ import dataclasses
 
 from celery import shared_task
 
-from . import health, resync, sender, sweeper
+from . import health, notice_handlers, resync, sender, sweeper
 from .queue import (
     DELIVER_GRADE,
     QUEUE_RESYNC_DELIVERIES,
+    REGISTER_COPY_NOTICE_HANDLER,
     ROLL_UP_DELIVERY_HOURS,
     RUN_RESYNC_JOB,
     SWEEP_DELIVERIES,
@@ -52,3 +53,9 @@ def sweep_resync_jobs() -> dict[str, int]:
 def roll_up_delivery_hours(full: bool = False) -> dict[str, int]:
     """Count sync health's closed chart hours into DeliveryHour (beat; recounting is harmless)."""
     return dataclasses.asdict(health.roll_up_delivery_hours(full=full))
+
+
+@shared_task(name=REGISTER_COPY_NOTICE_HANDLER, ignore_result=True)
+def register_copy_notice_handler(deployment_id: int, handler_url: str) -> str:
+    """Register our context copy notice handler with the deployment's LMS (PNS); idempotent, best effort."""
+    return notice_handlers.register_copy_notice_handler(deployment_id, handler_url)

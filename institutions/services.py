@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+from urllib.parse import unquote
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -9,7 +10,15 @@ from django.db import transaction
 from lti_tool.models import LtiContext, LtiDeployment
 
 from .audit import record_staff_change
-from .models import Course, CourseDatesSource, DeploymentOwnership, GradePolicy, Institution
+from .models import (
+    ContextCopyNotice,
+    CopiedVia,
+    Course,
+    CourseDatesSource,
+    DeploymentOwnership,
+    GradePolicy,
+    Institution,
+)
 
 CHANGE_GRADE_POLICY_PERMISSION = "institutions.change_grade_policy"
 
@@ -123,11 +132,14 @@ def upsert_course_from_launch(
     title: str,
     start_value: object,
     end_value: object,
+    context_history: object = None,
 ) -> Course:
     """Create or update the course of an LTI context at launch.
 
     Dates from the LMS replace earlier LMS dates; dates set by support are kept. A date that
     does not parse is ignored, and so is a pair where the end comes before the start.
+    `context_history`: the launch's `$Context.id.history` custom value; a course without lineage
+    is linked to the course it was copied from (see `link_copied_course`).
     """
     starts_at = parse_lms_datetime(start_value)
     ends_at = parse_lms_datetime(end_value, end_of_day=True)
@@ -156,4 +168,149 @@ def upsert_course_from_launch(
         for name, value in fields.items():
             setattr(course, name, value)
         course.save(update_fields=[*fields, "updated_at"])
+    if created or not course.copied_from_id:
+        link_copied_course(course=course, context_history=context_history, new=created)
     return course
+
+
+# --- Course copy lineage ------------------------------------------------------------------------
+
+# The custom parameter our tool configuration maps to `$Context.id.history` (tool_configuration.py).
+CONTEXT_HISTORY_PARAM = "context_id_history"
+# Canvas sends up to 1000 ids; the most recent few are the ones that can name a source we know.
+MAX_HISTORY_IDS = 50
+MAX_HISTORY_CHARACTERS = 16 * 1024
+MAX_CONTEXT_ID = 255
+MAX_LINEAGE_DEPTH = 50
+
+
+def history_ids(value: object) -> list[str]:
+    """The context ids of a `$Context.id.history` value, most recent first (LTI Core B.3).
+
+    Comma-separated and URL-encoded; `""` (an original course), an unresolved "$Context.id.history",
+    Canvas's "truncated" marker, ids longer than an LTI id and control characters are ignored, never refused.
+    """
+    if not isinstance(value, str):
+        return []
+    text = value.strip()
+    if not text or text.startswith("$"):
+        return []
+    parts = text[:MAX_HISTORY_CHARACTERS].split(",")
+    if len(text) > MAX_HISTORY_CHARACTERS:
+        parts = parts[:-1]  # cut mid-id: not an id
+    ids: list[str] = []
+    for part in parts:
+        context_id = unquote(part.strip())
+        if (
+            context_id and context_id != "truncated" and len(context_id) <= MAX_CONTEXT_ID
+            and context_id.isprintable() and context_id not in ids
+        ):
+            ids.append(context_id)
+        if len(ids) >= MAX_HISTORY_IDS:
+            break
+    return ids
+
+
+def find_source_course(*, course: Course, context_ids: list[str]) -> Course | None:
+    """The course `course` was copied from: the first of `context_ids` (most recent first) that is a
+    course of the same institution under the same LMS registration. Never another institution's."""
+    context_ids = [c for c in context_ids if isinstance(c, str) and 0 < len(c) <= MAX_CONTEXT_ID][:MAX_HISTORY_IDS]
+    if not context_ids:
+        return None
+    known = {}
+    for candidate in (
+        Course.objects.for_institution(course.institution)
+        .filter(deployment__registration_id=course.deployment.registration_id, context__id_on_platform__in=context_ids)
+        .exclude(pk=course.pk)
+        .select_related("context")
+        .order_by("-id")
+    ):
+        # Same id under two deployments of one registration: the copy's own deployment first.
+        if candidate.context.id_on_platform not in known or candidate.deployment_id == course.deployment_id:
+            known[candidate.context.id_on_platform] = candidate
+    source = next((known[c] for c in context_ids if c in known), None)
+    if source is not None and _descends_from(source, course):
+        return None  # a forged history must not make a course its own ancestor
+    return source
+
+
+def _descends_from(course: Course, ancestor: Course) -> bool:
+    current_id = course.copied_from_id
+    for _ in range(MAX_LINEAGE_DEPTH):
+        if current_id is None:
+            return False
+        if current_id == ancestor.pk:
+            return True
+        current_id = Course.objects.filter(pk=current_id).values_list("copied_from_id", flat=True).first()
+    return True  # deeper than any real copy chain: treat as a loop
+
+
+def _set_lineage(course: Course, source: Course, via: str) -> None:
+    course.copied_from, course.copied_via = source, via
+    Course.objects.filter(pk=course.pk, copied_from__isnull=True).update(copied_from=source, copied_via=via)
+
+
+def link_copied_course(*, course: Course, context_history: object, new: bool = False) -> Course | None:
+    """Link a course without lineage to the course it was copied from, and return that source.
+
+    The launch's `$Context.id.history` first; for a `new` course, also a context copy notice the LMS
+    sent before anyone launched in it (PNS), which is then linked to the course. Canvas's
+    `$Canvas.course.previousCourseIds` are Canvas course ids, which no launch gives us as such (its
+    context id is another, opaque id), so they cannot name one of our courses and are not read.
+    """
+    if course.copied_from_id:
+        return course.copied_from
+    source = find_source_course(course=course, context_ids=history_ids(context_history))
+    if source is not None:
+        _set_lineage(course, source, CopiedVia.CONTEXT_HISTORY)
+    if not new:
+        return source
+    notices = ContextCopyNotice.objects.filter(
+        course__isnull=True,
+        deployment__registration_id=course.deployment.registration_id,
+        deployment__ownership__institution=course.institution,
+        context_id_on_platform=course.context.id_on_platform,
+    )
+    notice = notices.order_by("-received_at", "-id").first()
+    if notice is None:
+        return source
+    notices.update(course=course)
+    if source is None:
+        source = find_source_course(course=course, context_ids=notice.origin_context_ids)
+        if source is not None:
+            _set_lineage(course, source, CopiedVia.COPY_NOTICE)
+    return source
+
+
+@transaction.atomic
+def record_context_copy_notice(
+    *, deployment: LtiDeployment, notice_id: str, context_id: str, origin_context_ids: list[str], claims: dict
+) -> tuple[ContextCopyNotice, bool]:
+    """Keep a verified LtiContextCopyNotice once per notice id (a repeat is no change: False).
+
+    Linked to the new course when we know it, and that course's lineage set from the notice's origin
+    when it has none. Only courses of the institution owning `deployment`, under its registration.
+    """
+    notice, created = ContextCopyNotice.objects.get_or_create(
+        deployment=deployment,
+        notice_id=notice_id,
+        defaults={"context_id_on_platform": context_id, "origin_context_ids": origin_context_ids, "claims": claims},
+    )
+    if not created:
+        return notice, False
+    institution = deployment.ownership.institution
+    course = (
+        Course.objects.for_institution(institution)
+        .filter(deployment__registration_id=deployment.registration_id, context__id_on_platform=context_id)
+        .select_related("context", "deployment", "institution")
+        .order_by("-id")
+        .first()
+    )
+    if course is not None:
+        notice.course = course
+        notice.save(update_fields=["course"])
+        if not course.copied_from_id:
+            source = find_source_course(course=course, context_ids=origin_context_ids)
+            if source is not None:
+                _set_lineage(course, source, CopiedVia.COPY_NOTICE)
+    return notice, True

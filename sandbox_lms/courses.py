@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from .caches import forget_caches
+from .notices import send_context_copy_notice
 from .models import (
     GRADABLE_ROLES,
     SandboxCourse,
@@ -51,7 +52,7 @@ def copy_course(
     *, course: SandboxCourse, title: str = "", deployment: SandboxDeployment | None = None, with_enrolments: bool = True
 ) -> SandboxCourse:
     """Copy a course like Canvas does: new context id, new resource link ids, line items copied
-    (without results), history variables filled. Unlike a real LMS the enrolments come along by
+    (without results), history variables filled, a context copy notice sent to a tool that asked (PNS). Unlike a real LMS the enrolments come along by
     default, so the copy can be tried at once."""
     with transaction.atomic():
         copy = SandboxCourse.objects.create(
@@ -83,6 +84,8 @@ def copy_course(
             SandboxEnrolment.objects.bulk_create(
                 SandboxEnrolment(course=copy, user_id=e.user_id, role=e.role) for e in course.enrolments.all()
             )
+        # Like Canvas: the tool's context copy handler (PNS) hears of the copy once it exists, best effort.
+        transaction.on_commit(lambda: send_context_copy_notice(copy=copy, source=course))
     return copy
 
 

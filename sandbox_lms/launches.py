@@ -22,6 +22,7 @@ from .models import (
     SandboxResourceLink,
     SandboxUser,
 )
+from .notices import offers_pns, pns_claim
 from .platform import line_item_url, line_items_url, sign
 from .protocol import (
     AGS_CLAIM,
@@ -30,6 +31,7 @@ from .protocol import (
     DL_SETTINGS_CLAIM,
     LTI,
     NRPS_CLAIM,
+    PNS_CLAIM,
     ROLE_URIS,
     Refusal,
 )
@@ -235,6 +237,8 @@ def id_token_claims(*, launch: SandboxLaunch, nonce: str) -> dict[str, Any]:
             "data": launch.data,
         }
     claims[AGS_CLAIM] = ags
+    if offers_pns(registration):
+        claims[PNS_CLAIM] = pns_claim(registration)
     if custom:
         claims[LTI + "custom"] = {
             name: substitute(value=str(value), launch=launch, profile=registration.profile)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import registration_views, views
+from . import notice_views, registration_views, views
 
 app_name = "sandbox_lms"
 
@@ -31,4 +31,5 @@ urlpatterns = [
     path("api/lineitems/<int:pk>/lineitem", views.line_item, name="lineitem"),
     path("api/lineitems/<int:pk>/lineitem/scores", views.scores, name="scores"),
     path("api/lineitems/<int:pk>/lineitem/results", views.results, name="results"),
+    path("api/lti/registrations/<int:pk>/notice-handlers", notice_views.notice_handlers, name="notice-handlers"),
 ]

@@ -8,7 +8,7 @@ from lti_tool.models import LtiLaunch, LtiResourceLink
 from lti_tool.utils import sync_data_from_launch
 
 from gradesync import api as gradesync_api
-from institutions.services import upsert_course_from_launch
+from institutions.services import CONTEXT_HISTORY_PARAM, upsert_course_from_launch
 from institutions.tool_configuration import INSTRUCTOR_TOOLS_PAGE, TOOL_PAGE_PARAM
 
 from ..models import Activity, ActivityLink, Launch, LaunchRole, Placement
@@ -120,6 +120,12 @@ def _bind_activity(
     """
     custom = verified.custom
     placement = _placement_from(custom)
+    # A copied course's links keep the custom parameters deep linking gave the source course's links:
+    # that placement tells how the link was placed (graded, points) but is the source course's, so the
+    # copy's binding does not point at it; another institution's placement tells nothing.
+    if placement is not None and placement.course.institution_id != course.institution_id:
+        placement = None
+    own_placement = placement if placement is not None and placement.course_id == course.pk else None
     activity = _activity_from(custom, placement)
     ags_claim = verified.claims.get(AGS_CLAIM)
     link = ActivityLink.objects.select_related("activity", "placement").filter(resource_link=resource_link).first()
@@ -129,7 +135,7 @@ def _bind_activity(
     graded = bool((ags_claim or {}).get("lineitem")) or bool(placement and placement.graded)
     if link is None:
         link = ActivityLink.objects.create(
-            resource_link=resource_link, course=course, activity=activity, placement=placement, graded=graded
+            resource_link=resource_link, course=course, activity=activity, placement=own_placement, graded=graded
         )
     elif graded and not link.graded:
         link.graded = True
@@ -160,6 +166,7 @@ def record_launch(verified: VerifiedLaunch) -> tuple[Launch, ActivityLink | None
         title=context_claim.get("title") or context_claim.get("label") or "",
         start_value=custom.get(START_DATE_PARAM),
         end_value=custom.get(END_DATE_PARAM),
+        context_history=custom.get(CONTEXT_HISTORY_PARAM),
     )
     role = role_from_claims(verified.claim("roles") or [])
     resource_link = None

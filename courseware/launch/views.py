@@ -17,6 +17,7 @@ from ..models import Activity, ActivityKind, LaunchRole
 from ..sessions import bind_session_to_launch, current_launch
 from .deep_linking import PickedItem, PickRefused, deep_linking_response
 from .login import start_login
+from .notices import register_for_copy_notices
 from .refusals import LaunchRefused, posted_form
 from .services import opens_instructor_tools, record_launch, refuse_dead_ends
 from .verification import DEEP_LINKING_REQUEST, verify_launch
@@ -81,6 +82,7 @@ class LaunchView(LtiLaunchBaseView):
                 return HttpResponseRedirect(with_lti_message(refusal.return_url, errormsg=refusal.reason))
             return refused(request, refusal.reason, status=refusal.status)
         launch, activity_link = record_launch(verified)
+        register_for_copy_notices(request, launch)
         bind_session_to_launch(request, launch, frame_origins=launch_frame_origins(launch, request=request))
         if launch.message_type == DEEP_LINKING_REQUEST:
             return HttpResponseRedirect(reverse("lti-pick"))

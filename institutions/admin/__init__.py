@@ -7,8 +7,9 @@ from .audit_trail import AuditedAdminMixin
 from .deployments import DeploymentAdmin
 from .invitations import RegistrationInvitationAdmin
 from .keys import KeyAdmin
+from .notices import ContextCopyNoticeAdmin
 from .registrations import RegistrationAdmin
 from .tenants import CourseAdmin, GradePolicyForm, InstitutionAdmin
 
-__all__ = ["AuditedAdminMixin", "CourseAdmin", "DeploymentAdmin", "GradePolicyForm", "InstitutionAdmin", "KeyAdmin", "RegistrationAdmin",
+__all__ = ["AuditedAdminMixin", "ContextCopyNoticeAdmin", "CourseAdmin", "DeploymentAdmin", "GradePolicyForm", "InstitutionAdmin", "KeyAdmin", "RegistrationAdmin",
            "RegistrationInvitationAdmin"]

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from .. import services
@@ -181,13 +181,54 @@ class CourseAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_filter = ["institution", "dates_source"]
     list_select_related = ["institution", "context", "deployment__registration"]
     search_fields = ["title", "context__id_on_platform"]
-    fields = ["title", "institution", "context", "deployment", "starts_at", "ends_at", "dates_source"]
-    readonly_fields = ["title", "institution", "context", "deployment", "dates_source"]
+    fields = ["title", "institution", "context", "deployment", "starts_at", "ends_at", "dates_source",
+              "lineage", "copies", "copy_notices"]
+    readonly_fields = ["title", "institution", "context", "deployment", "dates_source", "lineage", "copies", "copy_notices"]
     show_full_result_count = False
     ordering = ["-id"]
+    COPIES_SHOWN = 20
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # courses come from LMS launches
+
+    @admin.display(description=_("copied from"))
+    def lineage(self, course: Course) -> str:
+        """The source course (a link) and what told us: the launch's history or the LMS's copy notice."""
+        source = course.copied_from
+        if source is None:
+            return _("Not a copy of a course we know (no copy history or copy notice named one).")
+        return format_html(
+            '<a href="{}">{}</a> ({}) — {} {}',
+            reverse("admin:institutions_course_change", args=[source.pk]), source, source.context.id_on_platform,
+            _("found by"), course.get_copied_via_display() or _("unknown"),
+        )
+
+    @admin.display(description=_("copies"))
+    def copies(self, course: Course) -> str:
+        copies = list(course.copies.select_related("context").order_by("-id")[: self.COPIES_SHOWN + 1])
+        if not copies:
+            return _("No copies of this course have launched yet.")
+        items = format_html_join(
+            "", '<li><a href="{}">{}</a> ({}) — {} {}</li>',
+            (
+                (reverse("admin:institutions_course_change", args=[copy.pk]), copy, copy.context.id_on_platform,
+                 _("found by"), copy.get_copied_via_display())
+                for copy in copies[: self.COPIES_SHOWN]
+            ),
+        )
+        more = format_html("<li>{}</li>", _("… and more")) if len(copies) > self.COPIES_SHOWN else ""
+        return format_html('<ul class="course-copies">{}{}</ul>', items, more)
+
+    @admin.display(description=_("copy notices from the LMS"))
+    def copy_notices(self, course: Course) -> str:
+        notices = list(course.copy_notices.order_by("-received_at")[:5])
+        if not notices:
+            return "—"
+        return format_html_join(
+            "", "<div>{}: {} ← {}</div>",
+            ((notice.received_at.strftime("%Y-%m-%d %H:%M"), notice.context_id_on_platform,
+              ", ".join(notice.origin_context_ids) or "?") for notice in notices),
+        )
 
     @admin.display(description=_("LMS course id"), ordering="context__id_on_platform")
     def context_id(self, course: Course) -> str:
