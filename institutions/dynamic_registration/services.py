@@ -158,4 +158,5 @@ def _save(
 
 
 def _note_refusal(invitation: RegistrationInvitation, reason: str) -> None:
-    RegistrationInvitation.objects.filter(pk=invitation.pk).update(last_refusal=reason[:500])
+    # A link another window has just used keeps its success; only a still-usable link records why it failed.
+    RegistrationInvitation.objects.filter(pk=invitation.pk, used_at__isnull=True).update(last_refusal=reason[:500])

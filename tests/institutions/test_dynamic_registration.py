@@ -399,3 +399,15 @@ def test_read_only_staff_cannot_make_a_link(client_for, north):
     })
     assert page.status_code == 403
     assert not RegistrationInvitation.objects.exists()
+
+
+def test_a_platform_that_sends_no_deployment_id_gets_a_registration_whose_deployment_comes_with_its_first_launch(
+    live_server, north, fake_platform
+):
+    fake_platform.answer = (200, json.dumps({"client_id": "no-deployment-yet"}).encode())
+    _, link = new_link(live_server, north)
+    page = open_link(link, openid_configuration=fake_platform.url, registration_token="tok")
+    assert page.status_code == 200, page.text
+    assert "deployment" in page.text and "first launch" in page.text
+    registration = LtiRegistration.objects.get(client_id="no-deployment-yet")
+    assert not registration.deployments.exists() and registration.profile.registered_via == RegisteredVia.DYNAMIC
