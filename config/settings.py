@@ -265,3 +265,5 @@ CELERY_BEAT_SCHEDULE = {
 # before it signs, and the old one stays published this long after.
 ROTATION_LEAD_HOURS = env.float("ROTATION_LEAD_HOURS", default=24.0)
 ROTATION_GRACE_HOURS = env.float("ROTATION_GRACE_HOURS", default=24.0)
+# Dynamic Registration links (institutions/dynamic_registration): single use, valid this many days.
+DYNAMIC_REGISTRATION_LINK_DAYS = env.float("DYNAMIC_REGISTRATION_LINK_DAYS", default=7.0)

@@ -42,6 +42,8 @@ def issue_token(*, form: dict[str, str], registration: SandboxRegistration | Non
     assertion = form.get("client_assertion", "")
     if registration is None:
         raise _oauth_error(401, "invalid_client", "Unknown client: the assertion's iss is no registered client_id")
+    if not registration.is_enabled:  # Moodle: a tool pending after Dynamic Registration gets no service token either
+        raise _oauth_error(401, "invalid_client", "This tool is pending: an LMS administrator must enable it first")
     try:
         kid = jwt.get_unverified_header(assertion).get("kid")
         key = tool_public_key(registration, kid)

@@ -122,6 +122,17 @@ def read_json(response: requests.Response, *, what: str) -> Any:
         raise PlatformRefused(f"The platform's {what} is not JSON (HTTP {response.status_code}).") from None
 
 
+# Every Instructure-hosted Canvas (and, by default, a self-hosted one) signs as one of these issuers while
+# serving its configuration from the school's own host: the one exception to "issuer on the URL's host".
+SHARED_CANVAS_ISSUERS = {
+    "https://canvas.instructure.com", "https://canvas.beta.instructure.com", "https://canvas.test.instructure.com",
+}
+
+
+def _shared_canvas_issuer(issuer: str, platform: dict[str, Any]) -> bool:
+    return issuer in SHARED_CANVAS_ISSUERS and platform.get("product_family_code") == "canvas"
+
+
 def fetch_openid_configuration(url: object) -> OpenIdConfiguration:
     """GET the platform's openid configuration and check it (spec §3.5): an issuer on the URL's own host,
     a registration endpoint on the URL's own site, https endpoints, the LTI platform configuration."""
@@ -154,7 +165,13 @@ def fetch_openid_configuration(url: object) -> OpenIdConfiguration:
         raise PlatformRefused("The platform's openid configuration has no issuer (or one longer than 255 characters).")
     issuer = normalised_issuer(issuer)
     checked_url(issuer, what="issuer")
-    if (urlsplit(issuer).hostname or "").lower() != site_of(url)[1]:
+    platform = document.get(PLATFORM_CONFIGURATION)
+    if not isinstance(platform, dict) or not isinstance(platform.get("product_family_code"), str):
+        raise PlatformRefused(
+            "The platform's configuration lacks its LTI platform configuration (product_family_code): "
+            "is this an LTI Dynamic Registration endpoint?"
+        )
+    if (urlsplit(issuer).hostname or "").lower() != site_of(url)[1] and not _shared_canvas_issuer(issuer, platform):
         raise PlatformRefused(
             f"The platform's configuration at {_shown(url)} names the issuer {issuer}, on another host. "
             "A platform's issuer must be on the host its configuration comes from."
@@ -168,12 +185,6 @@ def fetch_openid_configuration(url: object) -> OpenIdConfiguration:
     scopes = document.get("scopes_supported", [])
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise PlatformRefused("The platform's scopes_supported is not a list of scopes.")
-    platform = document.get(PLATFORM_CONFIGURATION)
-    if not isinstance(platform, dict) or not isinstance(platform.get("product_family_code"), str):
-        raise PlatformRefused(
-            "The platform's configuration lacks its LTI platform configuration (product_family_code): "
-            "is this an LTI Dynamic Registration endpoint?"
-        )
     audience = document.get("authorization_server", "")
     return OpenIdConfiguration(
         url=url,

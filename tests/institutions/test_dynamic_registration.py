@@ -320,6 +320,22 @@ def test_an_issuer_on_another_host_than_the_configuration_is_refused(live_server
     assert fake_platform.posted == []  # the registration token never left
 
 
+def test_canvas_shared_issuer_is_accepted_from_the_schools_own_host(live_server, north, fake_platform):
+    # Every hosted Canvas signs as https://canvas.instructure.com while serving its configuration from the school's host.
+    fake_platform.configuration["issuer"] = "https://canvas.instructure.com"
+    fake_platform.configuration["https://purl.imsglobal.org/spec/lti-platform-configuration"]["product_family_code"] = "canvas"
+    _, link = new_link(live_server, north)
+    page = open_link(link, openid_configuration=fake_platform.url, registration_token="tok")
+    assert page.status_code == 200, page.text
+    assert LtiRegistration.objects.filter(client_id="fake-client", issuer="https://canvas.instructure.com").exists()
+
+
+def test_the_shared_canvas_issuer_claimed_by_another_lms_is_refused(live_server, north, fake_platform):
+    fake_platform.configuration["issuer"] = "https://canvas.instructure.com"
+    refused_with_nothing_saved(live_server, north, fake_platform, says="on another host")
+    assert fake_platform.posted == []
+
+
 def test_a_registration_endpoint_on_another_site_is_refused(live_server, north, fake_platform):
     fake_platform.configuration["registration_endpoint"] = "http://127.0.0.1:9/register"
     refused_with_nothing_saved(live_server, north, fake_platform, says="is not on the site")

@@ -3,7 +3,9 @@ endpoint (token, validation, Moodle-like pending tools, Canvas-like enabled ones
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import jwt as pyjwt
 
 import pytest
 
@@ -100,6 +102,14 @@ def test_moodle_profile_registers_the_tool_pending_with_the_tool_type_as_deploym
     api.enrol(course=course, user=teacher, role=api.Role.INSTRUCTOR)
     with pytest.raises(Refusal, match="pending"):
         api.start_deep_linking(user=teacher, course=course)
+    # Nor does a pending tool get a service token (no grade can be posted before the admin enables it).
+    refused = client.post("/sandbox-lms/token/", content_type="application/x-www-form-urlencoded", data=urlencode({
+        "grant_type": "client_credentials",
+        "client_assertion": pyjwt.encode({"iss": registration.client_id, "sub": registration.client_id}, "k" * 32, algorithm="HS256"),
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "scope": " ".join(SERVICE_SCOPES),
+    }))
+    assert refused.status_code == 401 and "pending" in refused.json()["error_description"]
     assert client.post(f"/sandbox-lms/tools/{registration.pk}/enable/").status_code == 302
     course.refresh_from_db()
     assert api.start_deep_linking(user=teacher, course=course).params["client_id"] == registration.client_id
