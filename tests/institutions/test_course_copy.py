@@ -27,7 +27,7 @@ from sandbox_lms.models import SandboxLineItem
 from sandbox_lms.platform import sign
 from tests import lms
 from tests.courseware.test_launch_flow import catalog, link_for, take_quiz  # noqa: F401 — catalog is a fixture
-from tests.factories import CourseFactory
+from tests.factories import CourseFactory, DeploymentFactory, OwnedDeploymentFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -311,7 +311,14 @@ def test_history_ids(value, expected):
 def test_the_source_is_never_another_institutions_course(two_institutions):
     north, south = two_institutions
     copy = CourseFactory(institution=north)
-    theirs = CourseFactory(institution=south)
+    # One Canvas (one registration) serving both institutions, each in its own sub-account (deployment).
+    south_deployment = OwnedDeploymentFactory(
+        institution=south, deployment=DeploymentFactory(registration=copy.deployment.registration)
+    ).deployment
+    theirs = CourseFactory(institution=south, deployment=south_deployment)
+    ours = CourseFactory(institution=north, deployment=copy.deployment)
+    history = f"{theirs.context.id_on_platform},{ours.context.id_on_platform}"
+    assert find_source_course(course=copy, context_ids=history_ids(history)) == ours  # South's is skipped
     assert find_source_course(course=copy, context_ids=[theirs.context.id_on_platform]) is None
     # Same institution but another LMS registration: a context id means nothing across issuers.
     other_registration = CourseFactory(institution=north)
