@@ -6,10 +6,13 @@ from urllib.parse import urlencode, urlsplit
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import dynamic_registration, request_logging
-from .models import Profile, SandboxPlatform, SandboxRegistration
+from django.db.models import Q
+
+from . import developer_keys, dynamic_registration, request_logging
+from .models import Profile, SandboxDeployment, SandboxPlatform, SandboxRegistration
 from .protocol import ApiError
 
 
@@ -56,9 +59,21 @@ def add_tool(request: HttpRequest) -> HttpResponse:
     """Paste the tool's registration link; the page opens it in a frame with our openid configuration
     and a registration token, and waits for the tool's org.imsglobal.lti.close message."""
     platform = _platform(request)
-    frame_url, error = "", ""
+    frame_url, error, message = "", "", request.GET.get("done", "")[:300]
     profile = request.POST.get("profile", Profile.MOODLE)
-    if request.method == "POST" and platform is not None:
+    if request.method == "POST" and platform is not None and "json_url" in request.POST:
+        # The Canvas way: a developer key from the tool's JSON URL, installed at once (its deployment).
+        try:
+            registration = developer_keys.create_developer_key(
+                platform=platform, data=developer_keys.fetch_tool_json(request.POST["json_url"].strip())
+            )
+        except developer_keys.DeveloperKeyRefused as refusal:
+            error = str(refusal)
+        else:
+            deployment = developer_keys.install(registration=registration)
+            message = (f"Developer key {registration.client_id} is on and installed: give the tool the client ID "
+                       f"{registration.client_id} and the deployment ID {deployment.deployment_id}.")
+    elif request.method == "POST" and platform is not None:
         tool_link = request.POST.get("tool_link", "").strip()
         parts = urlsplit(tool_link)
         if parts.scheme not in ("http", "https") or not parts.hostname or profile not in Profile.values:
@@ -75,8 +90,22 @@ def add_tool(request: HttpRequest) -> HttpResponse:
         "profile": profile,
         "frame_url": frame_url,
         "error": error,
-        "registrations": SandboxRegistration.objects.filter(registered_dynamically=True).order_by("-id")[:20],
+        "message": message,
+        "registrations": SandboxRegistration.objects.filter(Q(registered_dynamically=True) | ~Q(tool_configuration={}))
+        .prefetch_related("deployments").order_by("-id")[:20],
     })
+
+
+@csrf_exempt
+def course_for_tool(request: HttpRequest, pk: int) -> HttpResponse:
+    """A new course where this installation is available, with the platform's people in it."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    deployment = get_object_or_404(SandboxDeployment.objects.select_related("registration"), pk=pk)
+    title = request.POST.get("title", "").strip()[:200] or f"Course with {deployment.registration.name}"
+    course = developer_keys.course_for_tool(deployment=deployment, title=title)
+    done = f"Course “{course.title}” created with {course.enrolments.count()} people: act as its instructor from the home page."
+    return redirect(f"{reverse('sandbox_lms:add-tool')}?{urlencode({'done': done})}")
 
 
 @csrf_exempt

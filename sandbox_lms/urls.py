@@ -19,6 +19,7 @@ urlpatterns = [
     # Dynamic Registration: the admin's "Add a tool by link", the openid configuration, the registration endpoint.
     path("tools/add/", registration_views.add_tool, name="add-tool"),
     path("tools/<int:pk>/enable/", registration_views.enable, name="enable-tool"),
+    path("deployments/<int:pk>/course/", registration_views.course_for_tool, name="course-for-tool"),
     path(".well-known/openid-configuration", registration_views.openid_configuration, name="openid-configuration"),
     path("register/", registration_views.register, name="register"),
     # The platform's endpoints.

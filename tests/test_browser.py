@@ -1,15 +1,8 @@
-"""Headless Chromium checks of admin pages that draw or poll: the sync health chart, the resync progress bar.
-
-Debian's `chromium` (CI installs it in .ci/run), driven by Playwright from PyPI; never
-`playwright install`. Screenshots go to artifacts/ (ignored by git).
-"""
+"""Headless Chromium checks of admin pages that draw or poll: the sync health chart, the resync progress bar."""
 from __future__ import annotations
 
 import datetime
-import os
-import shutil
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -18,64 +11,10 @@ from django.utils import timezone
 from gradesync.models import Delivery, DeliveryStatus, ResyncJob, ResyncJobStatus, Result
 from institutions.roles import READ_ONLY, SUPPORT
 from tests.courseware_factories import LtiUserFactory
+from tests.browser import ARTIFACTS, browser_marks, log_in, page, staff_roles  # noqa: F401 (fixtures)
 from tests.factories import CourseFactory
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
-                       reason="Chromium is not installed (/usr/bin/chromium); apt-get install -y chromium"),
-]
-
-
-@pytest.fixture(autouse=True)
-def _staff_roles():
-    """Transactional tests flush the groups the migration made: make them again."""
-    from django.apps import apps
-
-    from institutions.roles import sync_staff_roles
-
-    sync_staff_roles(apps)
-
-
-@pytest.fixture
-def page(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are synchronous.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"), args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        yield page
-        browser.close()
-
-
-def log_in(page, live_server, staff_user, role: str) -> None:
-    """Sign in as staff do the first time: password, then set up the authenticator from the key shown, then its code."""
-    import base64
-
-    from django_otp.oath import totp
-
-    user = staff_user(role)
-    page.goto(live_server.url + reverse("admin:login"))
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", "pw")
-    page.click("input[type=submit]")
-    page.wait_for_selector("#otp-qr svg")
-    secret = page.inner_text("#otp-secret").replace(" ", "")
-    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    page.fill("#id_code", f"{totp(key):06d}")
-    page.click("#second-factor-form input[type=submit]")
-    assert page.locator("#backup-codes li").count() == 10
-    page.click("#continue")
-    page.wait_for_selector("#grade-sync-support")
+pytestmark = browser_marks
 
 
 def outbox_rows(course, specs) -> list[Delivery]:
