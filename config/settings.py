@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "institutions",
     "gradesync",
     "courseware",
+    "staff.apps.StaffConfig",  # staff's own preferences (time zone)
 ]
 if SANDBOX_LMS:
     INSTALLED_APPS.append("sandbox_lms")

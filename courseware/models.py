@@ -50,6 +50,9 @@ class Activity(models.Model):
     summary = models.TextField(blank=True)
     body = models.TextField(blank=True, help_text=_("Reading text, video transcript, or lab task."))
     video_url = models.URLField(blank=True)
+    # WebVTT captions shown by the video's <track>; a video without them is flagged to the catalog's editors.
+    captions_vtt = models.TextField(_("captions (WebVTT)"), blank=True)
+    captions_language = models.CharField(_("captions language"), max_length=35, default="en")
     default_points = models.DecimalField(max_digits=7, decimal_places=2, default=10)
     is_published = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
