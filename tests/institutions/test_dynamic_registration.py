@@ -427,3 +427,14 @@ def test_a_platform_that_sends_no_deployment_id_gets_a_registration_whose_deploy
     assert "deployment" in page.text and "first launch" in page.text
     registration = LtiRegistration.objects.get(client_id="no-deployment-yet")
     assert not registration.deployments.exists() and registration.profile.registered_via == RegisteredVia.DYNAMIC
+
+
+@pytest.mark.django_db
+def test_the_institution_page_offers_a_link_preselected_for_it_to_integration_only(client_for, north):
+    start = f"/admin/institutions/registrationinvitation/add/?institution={north.pk}"
+    integration = client_for(INTEGRATION)
+    page = integration.get(f"/admin/institutions/institution/{north.pk}/change/").content.decode()
+    assert start in page.replace("&amp;", "&")
+    form = integration.get(start).content.decode()
+    assert f'<option value="{north.pk}" selected>' in form
+    assert start not in client_for(READ_ONLY).get(f"/admin/institutions/institution/{north.pk}/change/").content.decode()
