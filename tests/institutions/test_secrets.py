@@ -30,7 +30,8 @@ from gradesync import admin_support, ags
 from gradesync import api as gradesync_api
 from gradesync.models import Delivery, DeliveryExchange, DeliveryStatus, ResyncJob, Result, SyncWarning
 from institutions.keys import fingerprint
-from institutions.models import AuditEntry
+from institutions.dynamic_registration.invitations import create_invitation
+from institutions.models import AuditEntry, ContextCopyNotice
 from institutions.redaction import RedactSecrets
 from institutions.roles import INTEGRATION, READ_ONLY, STAFF_APPS, SUPPORT
 from tests.courseware_factories import ActivityLinkFactory, LaunchFactory, LtiUserFactory
@@ -118,6 +119,12 @@ def world(two_institutions, admin_client):
     cache.set(ags._token_cache_key(registration, (ags.SCORE_SCOPE,)), ACCESS_TOKEN, 300)  # a live AGS token
     SyncWarning.objects.create(course=course, activity_key="x", kind="duplicate_line_items", message="Two line items")
     ResyncJob.objects.create(institution=north, course=course, requested_by_name="support")
+    # A Dynamic Registration link (its token is a secret too: shown once, at creation) and a PNS copy notice.
+    _, link = create_invitation(institution=north, actor=None, base_url="https://tool.example/")
+    ContextCopyNotice.objects.create(
+        deployment=deployment, notice_id="notice-1", context_id_on_platform="copy-1", origin_context_ids=["src-1"],
+        course=course, claims={"https://purl.imsglobal.org/spec/lti/claim/notice": {"type": "LtiContextCopyNotice"}},
+    )
 
     rotated = rotate_tool_key(admin_client)
     new_private, new_public = key_pair()
@@ -129,6 +136,7 @@ def world(two_institutions, admin_client):
     return type("World", (), {
         "north": north, "registration": registration, "course": course, "learner": learner, "delivery": delivery,
         "result": Result.objects.get(), "rotated": rotated, "retired_private_keys": [old_private], "old_public": old_public,
+        "invitation_token": link.rstrip("/").rsplit("/", 1)[1],
     })
 
 
@@ -227,6 +235,7 @@ def test_no_admin_page_shows_a_private_key(world, role, client_for, admin_client
         body = response.content.decode()
         assert leaks(body, private_pems) == [], url
         assert ACCESS_TOKEN not in body, url
+        assert world.invitation_token not in body, f"{url} shows a Dynamic Registration link after its creation"
         assert not [key for key in totp_keys if key in body], f"{url} shows a staff member's TOTP secret"
         seen += response.status_code == 200
     assert seen >= len(admin.site._registry) * 2  # at least as many pages read as each changelist and change page
