@@ -5,7 +5,7 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test serve demo worker beat web bench drills fuzz lint clean
+.PHONY: run test serve demo worker beat web bench drills fuzz lint clean node_modules
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# axe-core for the accessibility checks in the browser tests, from the committed lock file (never a CDN at test time).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node_modules: node_modules/.installed
 
 ## Run the product on its embedded defaults: SQLite, in-process tasks, demo data, the sandbox LMS.
 ## The demo logins skip the second factor (DEMO_SKIP_2FA, refused when DEBUG is off).
@@ -22,7 +29,7 @@ run: venv
 	SANDBOX_LMS=True DEMO_SKIP_2FA=True $(PY) manage.py runserver $(HOST):$(PORT)
 
 ## Run the whole test suite (SQLite by default; PostgreSQL/Redis when DATABASE_URL/CELERY_BROKER_URL are set).
-test: venv
+test: venv node_modules
 	$(VENV)/bin/pytest
 
 ## Production processes (set DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, DEBUG=False, ALLOWED_HOSTS).
