@@ -71,7 +71,8 @@ def start_resync(
         running = _same_scope(scope).filter(status__in=ACTIVE_JOB_STATUSES).first()
         detail = f" (#{running.pk}, asked by {_requester_name(running)} at {running.created_at:%H:%M} UTC)" if running else ""
         raise ResyncRefused(
-            f"A resync of this scope is already queued or running{detail}. Wait for it to finish, or cancel it first."
+            f"A resync of this scope is already queued or running{detail}. Wait for it to finish, or cancel it first.",
+            job_id=running.pk if running else None,  # the admin links the refusal to that job
         ) from None
     transaction.on_commit(lambda: _queue_job(job.pk), robust=True)
     return job

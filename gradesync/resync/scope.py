@@ -20,7 +20,15 @@ Key = tuple[int, int, str]  # (course id, LTI user id, activity key)
 
 
 class ResyncRefused(Exception):
-    """A resync that may not start now; the message says why, in words for the person who asked."""
+    """A resync that may not start now; the message says why, in words for the person who asked.
+
+    `job_id` names the job in the way (one of the same scope already queued or running), so a
+    page can link to it.
+    """
+
+    def __init__(self, message: str, *, job_id: int | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
