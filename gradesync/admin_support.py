@@ -20,9 +20,10 @@ from lti_tool.models import LtiUser
 
 from institutions.models import Course, Institution
 
-from . import diagnostics, health
+from . import admin_links, diagnostics, health
 from .models import Delivery, Result
 from .resync import RESYNC_PERMISSION
+from .resync import policy_drift as resync_policy_drift
 
 VIEW_PERMISSION = "gradesync.view_diagnostics"
 HEALTH_CACHE_SECONDS = 60
@@ -35,6 +36,16 @@ def _require(request: HttpRequest) -> None:
 
 def why_url(*, lti_user_id: int, course_id: int, activity_key: str) -> str:
     return reverse("gradesync_why") + "?" + urlencode({"user": lti_user_id, "course": course_id, "activity": activity_key})
+
+
+def scope_resync_links(*, course: Course, lti_user: LtiUser, activity_key: str) -> list[tuple[str, str]]:
+    """"Resync…" for each scope the why page shows, narrowest first: each opens on its preview."""
+    return [
+        (_("Resync this grade…"), admin_links.resync_url(course=course, lti_user=lti_user, activity_key=activity_key)),
+        (_("Resync this learner in the course…"), admin_links.resync_url(course=course, lti_user=lti_user)),
+        (_("Resync this activity in the course…"), admin_links.resync_url(course=course, activity_key=activity_key)),
+        (_("Resync the course…"), admin_links.resync_url(course=course)),
+    ]
 
 
 def deliveries_url(filters: dict[str, str]) -> str:
@@ -56,14 +67,20 @@ def why_view(request: HttpRequest) -> HttpResponse:
         course = get_object_or_404(Course, pk=course_id)
         diagnosis = diagnostics.diagnose(lti_user=lti_user, course=course, activity_key=activity)
         resync_url = ""
-        if request.user.has_perm(RESYNC_PERMISSION) and diagnosis.picked is not None:
-            resync_url = reverse("admin:gradesync_resyncjob_resync") + "?" + urlencode(
-                {"institution": course.institution_id, "course": course.pk, "lti_user": lti_user.pk, "activity_key": activity}
-            )
+        resync_links: list[tuple[str, str]] = []
+        if request.user.has_perm(RESYNC_PERMISSION):
+            resync_links = scope_resync_links(course=course, lti_user=lti_user, activity_key=activity)
+            if diagnosis.picked is not None:
+                resync_url = resync_links[0][1]
+            else:
+                resync_links = resync_links[1:]  # no eligible attempt: this one grade has nothing to send
         context.update(
             title=_("Why didn't this grade sync? %(who)s · %(what)s") % {"who": diagnostics._who(lti_user), "what": diagnosis.activity_title},
             diagnosis=diagnosis,
             resync_url=resync_url,
+            resync_links=resync_links,
+            policy_drift=resync_policy_drift(course.institution),
+            drift_resync_url=admin_links.resync_url(institution=course.institution_id, only_changed=True) if resync_links else "",
             deliveries_url=deliveries_url({"course__id__exact": course.pk, "lti_user__id__exact": lti_user.pk, "activity_key": activity}),
         )
     elif query:

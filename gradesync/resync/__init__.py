@@ -1,7 +1,8 @@
 """Resync: resend the policy's current grades at any scope, as a job worked through in batches.
 The package's door: the names its callers use, from scope (and previews), jobs (and progress), planning, watchdog.
 
-scope      ResyncScope: which grades; preview_resync, preview_policy_change: how many, on which LMSes.
+scope      ResyncScope: which grades; preview_resync, preview_policy_change: how many, on which LMSes;
+           courses_/learners_/activities_to_resync: a scope chosen by name, within an institution and course.
 jobs       start_resync: permission, one active job per scope (the database decides), the job row
            and its audit entry; planning queued after commit. request_course_resync: the
            instructor's door, their own course, at most once per 10 minutes. cancel_resync: stop
@@ -9,6 +10,8 @@ jobs       start_resync: permission, one active job per scope (the database deci
            counters from the job's deliveries (one aggregate); DONE once planned and settled.
 planning   run_job: the task's body, keys planned in set-based batches, re-queued when its time
            slice ends; fan_out: senders started for a planned batch.
+policy_change  change_policy_and_resync: the policy and, when asked, a job for what it changes (none when
+           nothing does); policy_drift: after a change no resync followed, the grades that now differ.
 watchdog   sweep_resync_jobs: beat's safety net, a dead planner never holds its scope for ever.
 """
 from .jobs import (
@@ -22,7 +25,18 @@ from .jobs import (
     start_resync,
 )
 from .planning import BATCH_SIZE, fan_out, run_job
-from .scope import ResyncPreview, ResyncRefused, ResyncScope, preview_policy_change, preview_resync
+from .policy_change import PolicyChangeOutcome, PolicyDrift, change_policy_and_resync, policy_drift
+from .scope import (
+    ResyncPreview,
+    ResyncRefused,
+    ResyncScope,
+    activities_to_resync,
+    activity_title,
+    courses_to_resync,
+    learners_to_resync,
+    preview_policy_change,
+    preview_resync,
+)
 from .watchdog import sweep_resync_jobs
 
 __all__ = [
@@ -30,11 +44,19 @@ __all__ = [
     "INSTRUCTOR_COOLDOWN",
     "RESYNC_PERMISSION",
     "CourseResyncRequest",
+    "PolicyChangeOutcome",
+    "PolicyDrift",
     "ResyncPreview",
     "ResyncRefused",
     "ResyncScope",
+    "activities_to_resync",
+    "activity_title",
     "cancel_resync",
+    "change_policy_and_resync",
+    "courses_to_resync",
     "fan_out",
+    "learners_to_resync",
+    "policy_drift",
     "polled_progress",
     "preview_policy_change",
     "preview_resync",

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery, Window
+from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet, Subquery, Window
 from django.db.models.expressions import OrderBy
 from django.db.models.functions import RowNumber
 from lti_tool.models import LtiUser
@@ -264,3 +264,45 @@ def preview_policy_change(*, institution: Institution, policy: str) -> PolicyPre
                 per_course[key[0]] += 1
     preview = _preview_from(per_course)
     return PolicyPreview(policy=policy, grades=total, changed=preview.grades, lmses=preview.lmses)
+
+
+# --- Choosing a scope by name (the resync form's autocompletes) --------------------------------
+# Learners and activities are offered within one course: the course bounds the rows read, so a
+# part of an email or a title can be matched with a plain contains, with no index of its own.
+
+
+def courses_to_resync(*, institution: Institution, lti_user: LtiUser | None = None) -> QuerySet[Course]:
+    """The institution's courses (only the learner's, when one is chosen); never another institution's."""
+    courses = Course.objects.filter(institution=institution).select_related("context")
+    if lti_user is not None:
+        courses = courses.filter(Exists(Result.objects.filter(course=OuterRef("pk"), lti_user=lti_user)))
+    return courses
+
+
+def learners_to_resync(*, course: Course, term: str = "") -> QuerySet[LtiUser]:
+    """The course's learners (anyone with a result in it) whose name, email or LMS user id contains `term`."""
+    learners = LtiUser.objects.filter(pk__in=Result.objects.filter(course=course, lti_user__isnull=False).values("lti_user_id"))
+    term = term.strip()
+    if term:
+        learners = learners.filter(Q(name__icontains=term) | Q(email__icontains=term) | Q(sub__icontains=term))
+    return learners.order_by("name", "email", "pk")
+
+
+def activities_to_resync(*, course: Course, term: str = "") -> QuerySet:
+    """The course's activities (catalog ids with their titles, as results reported them) whose title or id contains `term`.
+
+    Rows of `activity_key` and `title`, by title.
+    """
+    results = Result.objects.filter(course=course)
+    term = term.strip()
+    if term:
+        results = results.filter(Q(activity_title__icontains=term) | Q(activity_key__icontains=term))
+    return results.values("activity_key").annotate(title=Max("activity_title")).order_by("title", "activity_key")
+
+
+def activity_title(*, course: Course | None, activity_key: str) -> str:
+    """The title results reported for `activity_key` (in `course` when given), or the key itself."""
+    results = Result.objects.filter(activity_key=activity_key).exclude(activity_title="")
+    if course is not None:
+        results = results.filter(course=course)
+    return results.values_list("activity_title", flat=True).first() or activity_key
