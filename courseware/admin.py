@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
-from django.db.models import Count
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import BooleanField, Count, ExpressionWrapper, Q
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
 from institutions.admin import AuditedAdminMixin
 
+from .captions import CaptionsRefused, check_captions, check_language, needs_captions
 from .models import Activity, ActivityKind, ActivityLink, Attempt, AttemptAllowance, Launch, Placement, Question
 
 
@@ -20,11 +22,66 @@ class QuestionInline(admin.StackedInline):
     verbose_name = _("question (multiple choice: choices = list, answer = right index; lab: choices = [], answer = accepted answers)")
 
 
+NO_CAPTIONS = Q(kind=ActivityKind.VIDEO, captions_vtt="")
+NO_CAPTIONS_WARNING = _(
+    "This video has no captions: learners who are deaf or hard of hearing cannot follow it. "
+    "Paste its WebVTT captions under “Captions”."
+)
+
+
+class ActivityForm(forms.ModelForm):
+    """Captions are checked as a browser would read them, so a <track> never silently shows nothing."""
+
+    class Meta:
+        model = Activity
+        fields = "__all__"
+        widgets = {"captions_vtt": forms.Textarea(attrs={"rows": 8, "cols": 80, "spellcheck": "false"})}
+        help_texts = {
+            "captions_vtt": _("The whole .vtt file: a first line “WEBVTT”, then cues such as "
+                              "“00:00:01.000 --> 00:00:04.000” and their text. Shown by the video's captions track."),
+            "captions_language": _("The captions' language tag, e.g. “en”, “fr”, “pt-BR”."),
+        }
+
+    def clean_captions_vtt(self) -> str:
+        try:
+            return check_captions(self.cleaned_data.get("captions_vtt", ""))
+        except CaptionsRefused as refusal:
+            raise forms.ValidationError(str(refusal)) from None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "captions_language" in self.fields:
+            self.fields["captions_language"].required = False  # empty: the model's default ("en")
+
+    def clean_captions_language(self) -> str:
+        tag = self.cleaned_data.get("captions_language") or Activity._meta.get_field("captions_language").default
+        try:
+            return check_language(tag)
+        except CaptionsRefused as refusal:
+            raise forms.ValidationError(str(refusal)) from None
+
+
+class CaptionsFilter(admin.SimpleListFilter):
+    title = _("captions")
+    parameter_name = "captions"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("missing", _("Videos without captions")), ("present", _("Videos with captions"))]
+
+    def queryset(self, request: HttpRequest, queryset):
+        if self.value() == "missing":
+            return queryset.filter(NO_CAPTIONS)
+        if self.value() == "present":
+            return queryset.filter(kind=ActivityKind.VIDEO).exclude(captions_vtt="")
+        return queryset
+
+
 @admin.register(Activity)
 class ActivityAdmin(AuditedAdminMixin, admin.ModelAdmin):
-    list_display = ["title", "kind", "section", "position", "default_points", "question_count", "is_published"]
+    form = ActivityForm
+    list_display = ["title", "kind", "section", "position", "default_points", "question_count", "captions", "is_published"]
     list_display_links = ["title"]
-    list_filter = ["kind", "is_published", "section"]
+    list_filter = ["kind", CaptionsFilter, "is_published", "section"]
     list_select_related = ["section"]
     search_fields = ["title", "slug", "summary"]
     ordering = ["position", "id"]  # one outline: section headers and their items interleave by position
@@ -34,6 +91,9 @@ class ActivityAdmin(AuditedAdminMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["title", "slug", "kind", "section", "position", "is_published"]}),
         (_("Content"), {"fields": ["summary", "body", "video_url"]}),
+        (_("Captions"), {"fields": ["captions_vtt", "captions_language"], "description": _(
+            "Every video needs captions (WebVTT), shown by its player; a video without them is flagged in the catalog."
+        )}),
         (_("Grading"), {"fields": ["default_points"], "description": _(
             "Default points offered to instructors when they place the activity (scoreMaximum). Custom quizzes "
             "and competency assessments allow 1 attempt unless the course's instructor changes it; "
@@ -42,7 +102,23 @@ class ActivityAdmin(AuditedAdminMixin, admin.ModelAdmin):
     ]
 
     def get_queryset(self, request: HttpRequest):
-        return super().get_queryset(request).annotate(_questions=Count("questions"))
+        return super().get_queryset(request).annotate(
+            _questions=Count("questions"),
+            _no_captions=ExpressionWrapper(NO_CAPTIONS, output_field=BooleanField()),
+        )
+
+    @admin.display(description=_("captions"), ordering="_no_captions")
+    def captions(self, activity: Activity) -> str:
+        if activity.kind != ActivityKind.VIDEO:
+            return "—"
+        return _("⚠ missing") if activity._no_captions else _("yes")
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None):
+        if request.method == "GET":
+            activity = self.get_object(request, object_id)
+            if activity is not None and needs_captions(activity):
+                messages.warning(request, NO_CAPTIONS_WARNING)
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description=_("questions"), ordering="_questions")
     def question_count(self, activity: Activity) -> int | str:

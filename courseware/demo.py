@@ -10,6 +10,7 @@ from typing import Any
 
 from django.db import transaction
 
+from .captions import captions_from_transcript
 from .models import Activity, ActivityKind, Question
 
 # Points offered to the instructor when placing an item (the LMS column's maximum).
@@ -224,8 +225,12 @@ def load_demo(*, base_url: str, stdout: Any) -> None:
                 "summary": summary,
                 "body": body,
                 "default_points": DEFAULT_POINTS[kind],
+                "captions_vtt": captions_from_transcript(body) if kind == ActivityKind.VIDEO else "",
             },
         )
+        if kind == ActivityKind.VIDEO and not was_created and not activity.captions_vtt:
+            # Demo videos loaded before captions existed get them from their timed transcript.
+            Activity.objects.filter(pk=activity.pk).update(captions_vtt=captions_from_transcript(activity.body))
         if kind == ActivityKind.SECTION_HEADER:
             section = activity
         if was_created:

@@ -376,6 +376,16 @@ def submit_answers(
     return attempt
 
 
+def attempt_source_ref(attempt: Attempt) -> str:
+    """The name grade sync knows a finished attempt's result by."""
+    return f"courseware-attempt-{attempt.pk}"
+
+
+def attempt_sync_status(*, attempt: Attempt) -> gradesync_api.ResultSync:
+    """Whether the attempt's grade reached the LMS gradebook (sent / pending / not eligible and why), for its result page."""
+    return gradesync_api.result_sync_status(source_ref=attempt_source_ref(attempt))
+
+
 def _finish(*, attempt: Attempt, score: Decimal, now: datetime.datetime) -> None:
     """Complete the attempt and hand its result to grade sync, in the caller's transaction."""
     attempt.score = score
@@ -384,7 +394,7 @@ def _finish(*, attempt: Attempt, score: Decimal, now: datetime.datetime) -> None
     attempt.save(update_fields=["score", "completed_at", "last_seen_at", "answers"])
     link = attempt.activity_link
     gradesync_api.record_result(
-        source_ref=f"courseware-attempt-{attempt.pk}",
+        source_ref=attempt_source_ref(attempt),
         lti_user=attempt.lti_user,
         course=attempt.course,
         activity_key=str(attempt.activity_id),

@@ -7,6 +7,7 @@ app_name = "courseware"
 urlpatterns = [
     path("play/<int:link_id>/", views.play, name="play"),
     path("play/<int:link_id>/start/", views.start, name="start"),
+    path("play/<int:link_id>/captions.vtt", views.captions, name="captions"),
     path("play/<int:link_id>/attempts/<int:attempt_id>/", views.attempt_result, name="attempt"),
     path("play/<int:link_id>/attempts/<int:attempt_id>/submit/", views.submit, name="submit"),
     path("play/<int:link_id>/attempts/<int:attempt_id>/presence/", views.presence, name="presence"),

@@ -200,9 +200,27 @@ def attempt_result(request: HttpRequest, link_id: int, attempt_id: int) -> HttpR
             request, player, link,
             attempt=attempt, marks=marks, correct=correct, total=len(marks),
             percent=round(attempt.score * 100) if attempt.score is not None else 0,
+            grade_sync=services.attempt_sync_status(attempt=attempt) if link.activity.is_gradable else None,
+            return_url=player.launch.return_url if player.launch else "",
             **_history(player, link),
         ),
     )
+
+
+@require_GET
+def captions(request: HttpRequest, link_id: int) -> HttpResponse:
+    """The video's WebVTT captions, for its <track> (same session and tenant wall as the page)."""
+    player = _player(request)
+    if player is None:
+        return HttpResponse(NO_PLAYER, status=403, content_type="text/plain; charset=utf-8")
+    link = _link(player, link_id)
+    activity = link.activity
+    if activity.kind != ActivityKind.VIDEO or not activity.is_published or not activity.captions_vtt.strip():
+        raise Http404("This activity has no captions.")
+    response = HttpResponse(activity.captions_vtt, content_type="text/vtt; charset=utf-8")
+    response["Content-Language"] = activity.captions_language
+    response["Cache-Control"] = "private, max-age=300"
+    return response
 
 
 @require_POST
@@ -357,5 +375,6 @@ def grade_sync_progress(request: HttpRequest, course_id: int) -> JsonResponse:
             "status": state.status, "status_label": state.status_label, "percent": state.percent,
             "planned": state.planned, "sent": state.sent, "refused": state.refused, "failed": state.failed,
             "active": state.active,
+            "next_allowed_at": state.next_allowed_at.isoformat() if state.next_allowed_at else None,
         }
     )

@@ -22,7 +22,7 @@ from .resync import CourseResyncRequest
 
 __all__ = ["LaunchFacts", "NO_LAUNCH", "record_result", "record_launch_endpoints", "course_sync_grid",
            "request_course_resync", "course_resync_state", "CourseSyncGrid", "CourseResyncRequest",
-           "register_for_copy_notices"]
+           "register_for_copy_notices", "result_sync_status", "ResultSync"]
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,19 @@ def register_for_copy_notices(*, deployment: LtiDeployment, handler_url: str) ->
 
 @dataclass(frozen=True)
 class SyncCell:
-    """One learner's grade for one activity: "sent", "pending", "refused", "failed", "not_synced" or "none"."""
+    """One learner's grade for one activity: "sent", "pending", "refused", "failed", "not_synced" or "none".
+
+    `held` is the grade the LMS holds from an earlier send when the newest one is not (yet) there, e.g.
+    "80%" for "the LMS holds 80%, a newer grade is pending"; "" when nothing was ever sent.
+    `at`: when the newest grade was sent (sent), or recorded (pending, refused, failed).
+    """
 
     state: str
     label: str
     reason: str = ""
+    held: str = ""
+    held_at: datetime.datetime | None = None
+    at: datetime.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -173,17 +181,24 @@ _DELIVERY_STATES = {
 }
 
 
-def _cell(delivery: dict | None, results: list[dict]) -> SyncCell:
+def _percent(score) -> str:
+    return f"{float(score) * 100:.0f}%"
+
+
+def _cell(delivery: dict | None, results: list[dict], held: dict | None = None) -> SyncCell:
     if delivery is not None:
         state = _DELIVERY_STATES[delivery["status"]]
-        percent = f"{float(delivery['score']) * 100:.0f}%"
+        percent = _percent(delivery["score"])
         if state == "sent":
-            return SyncCell(state, f"Sent {percent}")
+            return SyncCell(state, f"Sent {percent}", at=delivery["sent_at"])
+        # What the LMS still holds from an earlier send, so "a newer grade is pending" reads apart from "never sent".
+        earlier = {"held": _percent(held["score"]), "held_at": held["sent_at"]} if held is not None else {}
         if state == "pending":
             waiting = delivery["status"] == DeliveryStatus.RETRYING and delivery["last_message"]
-            return SyncCell(state, f"Pending {percent}", delivery["last_message"] if waiting else "")
+            return SyncCell(state, f"Pending {percent}", delivery["last_message"] if waiting else "",
+                            at=delivery["recorded_at"], **earlier)
         label = "Refused by the LMS" if state == "refused" else "Failed"
-        return SyncCell(state, f"{label} ({percent})", delivery["last_message"])
+        return SyncCell(state, f"{label} ({percent})", delivery["last_message"], at=delivery["recorded_at"], **earlier)
     if any(r["is_eligible"] for r in results):
         return SyncCell("pending", "Not sent yet")
     if results:
@@ -209,14 +224,20 @@ def course_sync_grid(*, course: Course, activities: list[tuple[str, str]] = ()) 
         columns.setdefault(row["activity_key"], row["activity_title"] or row["activity_key"])
         results.setdefault((row["lti_user_id"], row["activity_key"]), []).append(row)
     latest: dict[tuple[int, str], dict] = {}
+    last_sent: dict[tuple[int, str], dict] = {}
     for row in Delivery.objects.filter(course=course).order_by("-id").values(
-        "lti_user_id", "activity_key", "status", "score", "last_message"
+        "lti_user_id", "activity_key", "status", "score", "last_message", "recorded_at", "sent_at"
     ):
         latest.setdefault((row["lti_user_id"], row["activity_key"]), row)
+        if row["status"] == DeliveryStatus.SENT:
+            last_sent.setdefault((row["lti_user_id"], row["activity_key"]), row)
     rows = [
         SyncRow(
             learner=name,
-            cells=[_cell(latest.get((user_id, key)), results.get((user_id, key), [])) for key in columns],
+            cells=[
+                _cell(latest.get((user_id, key)), results.get((user_id, key), []), last_sent.get((user_id, key)))
+                for key in columns
+            ],
         )
         for user_id, name in sorted(learners.items(), key=lambda item: item[1].lower())
     ]
@@ -226,7 +247,7 @@ def course_sync_grid(*, course: Course, activities: list[tuple[str, str]] = ()) 
 def course_resync_state(*, course: Course, polled: bool = False) -> CourseResyncState:
     """The course's latest whole-course resync with its progress, and when an instructor may ask again.
 
-    `polled`: for a page's progress poll, recounted at most every few seconds (resync.polled_progress).
+    `polled`: for a page's progress poll (the same stored counters: reading them never recounts).
     """
     job = ResyncJob.objects.filter(course=course, lti_user__isnull=True, activity_key="", delivery__isnull=True).order_by("-id").first()
     last_asked = (
@@ -237,7 +258,7 @@ def course_resync_state(*, course: Course, polled: bool = False) -> CourseResync
         next_allowed = None
     if job is None:
         return CourseResyncState(None, "", "", 0, 0, 0, 0, 0, False, next_allowed)
-    progress = resync.polled_progress(job) if polled else resync.refresh_progress(job)
+    progress = resync.progress_of(job)  # its counters are written as its grades land (resync.jobs)
     return CourseResyncState(
         job.pk, progress.status, progress.status_label, progress.percent, progress.planned, progress.sent,
         progress.refused, progress.failed, progress.active, next_allowed,
@@ -251,3 +272,60 @@ def request_course_resync(*, course: Course, instructor: LtiUser) -> CourseResyn
     refusal says why and when to try again.
     """
     return resync.request_course_resync(course=course, instructor=instructor)
+
+
+# --- The learner's view of one attempt's grade --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultSync:
+    """Whether a finished attempt's grade reached the LMS gradebook, in words a learner understands.
+
+    `state`: "sent", "pending", "refused", "failed", "kept" (the policy keeps another attempt, whose
+    grade the LMS holds or is getting), "not_eligible" or "unknown" (not recorded by grade sync).
+    """
+
+    state: str
+    message: str
+    at: datetime.datetime | None = None
+
+
+def result_sync_status(*, source_ref: str) -> ResultSync:
+    """The sync state of the result recorded under `source_ref` (courseware's attempt reference).
+
+    The grade the LMS gets is the one the institution's policy picks (Highest or Most Recent), so
+    the newest delivery of the learner's activity in the course is read, not only this result's.
+    """
+    result = Result.objects.select_related("course__institution").filter(source_ref=source_ref).first()
+    if result is None:
+        return ResultSync("unknown", "This attempt was not recorded for grade sync.")
+    if not result.is_eligible:
+        reason = result.ineligible_reason or "the rules for grade sync were not met"
+        return ResultSync("not_eligible", f"Not sent to your LMS gradebook: {reason}")
+    deliveries = Delivery.objects.filter(
+        course=result.course, lti_user=result.lti_user, activity_key=result.activity_key
+    ).order_by("-id")
+    newest = deliveries.values("result_id", "status", "score", "sent_at", "recorded_at", "last_message").first()
+    policy = result.course.institution.get_grade_policy_display()
+    if newest is None:
+        return ResultSync("pending", "Your grade is being sent to your LMS gradebook.", result.recorded_at)
+    state = _DELIVERY_STATES[newest["status"]]
+    grade = _percent(newest["score"])
+    # Another attempt's grade (the policy's pick); the same grade from an earlier attempt is this one's too.
+    if newest["result_id"] != result.pk and newest["score"] != result.score and state in {"sent", "pending"}:
+        where = "your LMS gradebook holds" if state == "sent" else "is being sent to your LMS gradebook:"
+        return ResultSync(
+            "kept", f"Your institution's grade policy ({policy}) keeps another attempt: {where} {grade}.",
+            newest["sent_at"] or newest["recorded_at"],
+        )
+    if state == "sent":
+        return ResultSync("sent", f"Sent to your LMS gradebook: {grade}.", newest["sent_at"])
+    if state == "pending":
+        return ResultSync("pending", f"Your grade ({grade}) is being sent to your LMS gradebook.", newest["recorded_at"])
+    if state == "refused":
+        return ResultSync(
+            "refused", f"Your LMS refused the grade ({grade}); your instructor and support can see why. "
+            f"The LMS said: {newest['last_message'] or 'no reason given'}", newest["recorded_at"],
+        )
+    return ResultSync("failed", f"Your grade ({grade}) could not be sent to your LMS; it is listed for support to send again.",
+                      newest["recorded_at"])

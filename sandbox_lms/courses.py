@@ -67,7 +67,8 @@ def copy_course(
             ends_at=course.ends_at,
         )
         links = {}
-        for link in course.resource_links.order_by("id"):
+        # The course navigation entry is the copy's own, made on first use (not a module item to copy).
+        for link in course.resource_links.exclude(resource_link_id__startswith="course-nav-").order_by("id"):
             links[link.pk] = SandboxResourceLink.objects.create(
                 course=copy, title=link.title, url=link.url, custom=link.custom,
                 resource_link_id=uuid.uuid4().hex,

@@ -39,6 +39,22 @@ from .protocol import (
 
 LAUNCH_LIFETIME = timedelta(minutes=10)
 
+# The course navigation entry ("Grade sync" in the course's menu, Canvas's course_navigation placement):
+# one resource link per course, kept out of the course's activities and out of its copies. Its custom
+# parameter is what the tool's configuration asks for that placement (tool_page=instructor_tools).
+COURSE_NAVIGATION_PREFIX = "course-nav-"
+COURSE_NAVIGATION_TITLE = "Grade sync"
+COURSE_NAVIGATION_CUSTOM = {"tool_page": "instructor_tools"}
+
+
+def course_navigation_link(*, course: SandboxCourse) -> SandboxResourceLink:
+    """The course's navigation entry for the tool (made on first use)."""
+    link, _created = SandboxResourceLink.objects.get_or_create(
+        resource_link_id=f"{COURSE_NAVIGATION_PREFIX}{course.pk}",
+        defaults={"course": course, "title": COURSE_NAVIGATION_TITLE, "custom": dict(COURSE_NAVIGATION_CUSTOM)},
+    )
+    return link
+
 
 @dataclass(frozen=True)
 class LoginInitiation:

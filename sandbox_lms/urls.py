@@ -10,6 +10,7 @@ urlpatterns = [
     path("courses/<int:pk>/", views.course, name="course"),
     path("courses/<int:pk>/gradebook/", views.gradebook, name="gradebook"),
     path("courses/<int:pk>/deep-link/", views.deep_link, name="deep-link"),
+    path("courses/<int:pk>/grade-sync/", views.course_navigation, name="course-navigation"),
     path("courses/<int:pk>/return/", views.launch_return, name="return"),
     path("courses/<int:pk>/copy/", views.copy, name="copy"),
     path("courses/<int:pk>/move/", views.move, name="move"),

@@ -344,7 +344,9 @@ def course(request: HttpRequest, pk: int) -> HttpResponse:
         "course": the_course,
         "enrolment": enrolment,
         "is_instructor": enrolment.role in protocol.CAN_DEEP_LINK,
-        "links": the_course.resource_links.prefetch_related("line_items"),
+        "links": the_course.resource_links.exclude(
+            resource_link_id__startswith=launches.COURSE_NAVIGATION_PREFIX
+        ).prefetch_related("line_items"),
         "own_grades": list(zip(line_items, own.cells)) if own else [],
         "deployments": SandboxDeployment.objects.filter(registration__platform=the_course.platform).select_related(
             "registration"
@@ -385,6 +387,21 @@ def launch(request: HttpRequest, pk: int) -> HttpResponse:
         return render(request, "sandbox_lms/message.html", {"title": "Refused", "message": refusal.message},
                       status=refusal.status)
     return _login_initiation_page(request, initiation, link.course.deployment.registration_id)
+
+
+def course_navigation(request: HttpRequest, pk: int) -> HttpResponse:
+    """The course menu's "Grade sync": a launch of the tool's instructor tools (instructors only, like Canvas's
+    course_navigation placement with visibility admins/teachers)."""
+    enrolment = _enrolment(request, pk)
+    if enrolment.role not in protocol.CAN_DEEP_LINK:
+        raise Http404("Only instructors see the course's Grade sync")
+    link = launches.course_navigation_link(course=enrolment.course)
+    try:
+        initiation = launches.start_launch(user=enrolment.user, resource_link=link, method=request.GET.get("method"))
+    except protocol.Refusal as refusal:
+        return render(request, "sandbox_lms/message.html", {"title": "Refused", "message": refusal.message},
+                      status=refusal.status)
+    return _login_initiation_page(request, initiation, enrolment.course.deployment.registration_id)
 
 
 def deep_link(request: HttpRequest, pk: int) -> HttpResponse:

@@ -43,21 +43,33 @@ class PickedItem:
     points: Decimal | None
 
 
-def validate_picks(settings: dict[str, Any], picks: list[PickedItem], *, instructor_tools: bool = False) -> None:
-    """Refuse what the deep-linking request does not allow, with a reason an instructor can act on."""
+def pick_errors(
+    settings: dict[str, Any], picks: list[PickedItem], *, instructor_tools: bool = False
+) -> list[tuple[int | None, str]]:
+    """Everything the deep-linking request does not allow, each as (activity id or None, a reason an
+    instructor can act on), so the picker shows every problem at once."""
+    errors: list[tuple[int | None, str]] = []
     accept_types = settings.get("accept_types") or []
     count = len(picks) + int(instructor_tools)
     if count and "ltiResourceLink" not in accept_types:
-        raise PickRefused("This LMS placement does not accept activity links (ltiResourceLink).")
+        errors.append((None, "This LMS placement does not accept activity links (ltiResourceLink)."))
     if count > 1 and settings.get("accept_multiple") is False:
-        raise PickRefused("This LMS placement accepts one activity at a time: choose only one (the instructor tools count as one).")
+        errors.append((None, "This LMS placement accepts one activity at a time: choose only one (the instructor tools count as one)."))
+    if any(pick.graded for pick in picks) and settings.get("accept_lineitem") is False:
+        errors.append((None, "This LMS placement does not accept graded items (line items): add them ungraded."))
     for pick in picks:
         if pick.graded and pick.activity.kind == ActivityKind.SECTION_HEADER:
-            raise PickRefused(f"“{pick.activity.title}” is a section header: it can only be added ungraded.")
-        if pick.graded and settings.get("accept_lineitem") is False:
-            raise PickRefused("This LMS placement does not accept graded items (line items): add them ungraded.")
-        if pick.graded and (pick.points is None or pick.points <= 0):
-            raise PickRefused(f"Points for “{pick.activity.title}” must be greater than 0.")
+            errors.append((pick.activity.pk, f"“{pick.activity.title}” is a section header: it can only be added ungraded."))
+        elif pick.graded and (pick.points is None or not pick.points.is_finite() or pick.points <= 0):
+            errors.append((pick.activity.pk, f"Points for “{pick.activity.title}” must be greater than 0."))
+    return errors
+
+
+def validate_picks(settings: dict[str, Any], picks: list[PickedItem], *, instructor_tools: bool = False) -> None:
+    """Refuse what the deep-linking request does not allow, with a reason an instructor can act on (the first)."""
+    errors = pick_errors(settings, picks, instructor_tools=instructor_tools)
+    if errors:
+        raise PickRefused(errors[0][1])
 
 
 def content_item(*, pick: PickedItem, placement: Placement, launch_url: str) -> dict[str, Any]:

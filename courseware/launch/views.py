@@ -14,8 +14,9 @@ from lti_tool.views import LtiLaunchBaseView, OIDCLoginInitView
 
 from ..framing import framed_at_the_door, framed_by_launch, launch_frame_origins
 from ..models import Activity, ActivityKind, LaunchRole
+from ..services import placed_activities
 from ..sessions import bind_session_to_launch, current_launch
-from .deep_linking import PickedItem, PickRefused, deep_linking_response
+from .deep_linking import PickedItem, PickRefused, deep_linking_response, pick_errors
 from .login import start_login
 from .notices import register_for_copy_notices
 from .refusals import LaunchRefused, posted_form
@@ -95,53 +96,35 @@ class LaunchView(LtiLaunchBaseView):
 
 # The picker's checkbox for the instructor tools (not a catalog activity, so not an "activity" value).
 INSTRUCTOR_TOOLS_FIELD = "instructor_tools"
+# Placement.score_maximum holds 7 digits, 2 after the point.
+MAX_POINTS = Decimal("99999.99")
 
 
-def _picks_from(post, activities: dict[int, Activity]) -> list[PickedItem]:
-    picks = []
-    for raw_id in post.getlist("activity"):
-        activity = activities.get(int(raw_id)) if raw_id.isdigit() else None
+def _picks_from(post, activities: dict[int, Activity]) -> tuple[list[PickedItem], list[tuple[int | None, str]]]:
+    """The instructor's choices, and every problem with them (activity id or None, reason)."""
+    picks, errors = [], []
+    for raw_id in list(dict.fromkeys(post.getlist("activity")))[: len(activities) + 1]:
+        activity = activities.get(int(raw_id)) if raw_id.isdigit() and len(raw_id) < 12 else None
         if activity is None:
-            raise PickRefused("One of the chosen activities is not in the catalog any more; reload the page.")
+            errors.append((None, "One of the chosen activities is not in the catalog any more; reload the page."))
+            continue
         graded = post.get(f"graded-{activity.pk}") == "on"
         points = None
         if graded:
+            raw = post.get(f"points-{activity.pk}", "").strip()[:20]
             try:
-                points = Decimal(post.get(f"points-{activity.pk}", ""))
+                points = Decimal(raw)
             except InvalidOperation:
-                raise PickRefused(f"Points for “{activity.title}” must be a number greater than 0.")
+                points = None
+            if points is None or not points.is_finite() or not (0 < points <= MAX_POINTS) or points != points.quantize(Decimal("0.01")):
+                errors.append((activity.pk, f"Points for “{activity.title}” must be a number greater than 0 (at most {MAX_POINTS}, two decimals)."))
+                continue
         picks.append(PickedItem(activity=activity, graded=graded, points=points))
-    return picks
+    return picks, errors
 
 
-@framed_by_launch
-def pick(request: HttpRequest) -> HttpResponse:
-    """The deep-linking picker: the catalog by section; the instructor chooses and returns to the LMS."""
-    launch = current_launch(request)
-    if launch is None or launch.message_type != DEEP_LINKING_REQUEST or launch.role != LaunchRole.INSTRUCTOR:
-        return refused(request, "Open the activity picker from your LMS course (“Add activity from tool”).", status=403)
-    settings = launch.deep_linking_settings
-    catalog = list(Activity.objects.filter(is_published=True).order_by("position", "id"))
-    error = ""
-    instructor_tools = request.method == "POST" and request.POST.get(INSTRUCTOR_TOOLS_FIELD) == "on"
-    if request.method == "POST":
-        try:
-            picks = _picks_from(request.POST, {a.pk: a for a in catalog})
-            token = deep_linking_response(
-                launch=launch,
-                registration=launch.deployment.registration,
-                picks=picks,
-                launch_url=request.build_absolute_uri(reverse("lti-launch")),
-                instructor_tools=instructor_tools,
-            )
-        except PickRefused as refusal:
-            error = str(refusal)
-        else:
-            return render(
-                request,
-                "courseware/launch/deep_link_return.html",
-                {"return_url": settings["deep_link_return_url"], "jwt": token, "count": len(picks) + int(instructor_tools)},
-            )
+def _sections(catalog: list[Activity]) -> list[dict]:
+    """The catalog by section: each section header with the items that follow it."""
     sections: list[dict] = []
     for activity in catalog:
         if activity.kind == ActivityKind.SECTION_HEADER or not sections:
@@ -149,18 +132,78 @@ def pick(request: HttpRequest) -> HttpResponse:
             if activity.kind == ActivityKind.SECTION_HEADER:
                 continue
         sections[-1]["items"].append(activity)
+    return sections
+
+
+@framed_by_launch
+def pick(request: HttpRequest) -> HttpResponse:
+    """The deep-linking picker: the catalog by section; the instructor chooses and returns to the LMS.
+
+    Activities already placed in this course are marked; on a refusal every problem is shown at once
+    and what was typed (choices, graded, points) is kept.
+    """
+    launch = current_launch(request)
+    if launch is None or launch.message_type != DEEP_LINKING_REQUEST or launch.role != LaunchRole.INSTRUCTOR:
+        return refused(request, "Open the activity picker from your LMS course (“Add activity from tool”).", status=403)
+    settings = launch.deep_linking_settings
+    catalog = list(Activity.objects.filter(is_published=True).order_by("position", "id"))
+    errors: list[tuple[int | None, str]] = []
+    posted = request.method == "POST"
+    instructor_tools = posted and request.POST.get(INSTRUCTOR_TOOLS_FIELD) == "on"
+    if posted:
+        picks, errors = _picks_from(request.POST, {a.pk: a for a in catalog})
+        errors += pick_errors(settings, picks, instructor_tools=instructor_tools)
+        if not errors:
+            try:
+                token = deep_linking_response(
+                    launch=launch,
+                    registration=launch.deployment.registration,
+                    picks=picks,
+                    launch_url=request.build_absolute_uri(reverse("lti-launch")),
+                    instructor_tools=instructor_tools,
+                )
+            except PickRefused as refusal:
+                errors.append((None, str(refusal)))
+            else:
+                return render(
+                    request,
+                    "courseware/launch/deep_link_return.html",
+                    {"return_url": settings["deep_link_return_url"], "jwt": token, "count": len(picks) + int(instructor_tools)},
+                )
+    accept_lineitem = settings.get("accept_lineitem") is not False
+    placed = set(placed_activities(course=launch.course).values_list("pk", flat=True))
+    errors = list(dict.fromkeys(errors))  # one line per problem
+    row_errors = {activity_id: message for activity_id, message in errors if activity_id is not None}
+    selected = set(request.POST.getlist("activity")) if posted else set()
+
+    def row(activity: Activity) -> dict:
+        key = str(activity.pk)
+        return {
+            "activity": activity,
+            "selected": key in selected,
+            "placed": activity.pk in placed,
+            # A first visit offers graded at the catalog's points; after a refusal, what the instructor typed.
+            "graded": request.POST.get(f"graded-{key}") == "on" if posted else True,
+            "points": request.POST.get(f"points-{key}", "")[:20] if posted else f"{activity.default_points.normalize():f}",
+            "error": row_errors.get(activity.pk, ""),
+        }
+
+    sections = [
+        {"header": row(section["header"]) if section["header"] else None, "items": [row(item) for item in section["items"]]}
+        for section in _sections(catalog)
+    ]
     return render(
         request,
         "courseware/launch/picker.html",
         {
             "launch": launch,
             "sections": sections,
-            "error": error,
+            "errors": [message for _activity_id, message in errors],
             "accept_multiple": settings.get("accept_multiple") is not False,
-            "accept_lineitem": settings.get("accept_lineitem") is not False,
-            "selected": set(request.POST.getlist("activity")) if request.method == "POST" else set(),
+            "accept_lineitem": accept_lineitem,
+            "placed_count": len(placed),
             "instructor_tools_field": INSTRUCTOR_TOOLS_FIELD,
             "instructor_tools_selected": instructor_tools,
         },
-        status=400 if error else 200,
+        status=400 if errors else 200,
     )
