@@ -293,6 +293,12 @@ class LearnerAdmin(ReadOnlyAdmin):
 AUTOCOMPLETE_WIDTH = "min(36em, 100%)"  # wide enough for "name <email> · LMS user id", and no sideways scroll
 
 
+def with_resync_script(media: forms.Media) -> forms.Media:
+    """Django's autocomplete media, then our script, in one list: Media orders files only within a list, and
+    the script needs select2 and django.jQuery loaded before it."""
+    return forms.Media(js=[*media._js, "gradesync/resync_form.js"], css=media._css)
+
+
 class ScopedAutocomplete(AutocompleteSelect):
     """Django's autocomplete widget, asking the resync form's own view, which answers only within the
     institution (and course) chosen above it: `gradesync/resync_form.js` sends them with each request."""
@@ -309,7 +315,7 @@ class ScopedAutocomplete(AutocompleteSelect):
 
     @property
     def media(self) -> forms.Media:
-        return super().media + forms.Media(js=["gradesync/resync_form.js"])
+        return with_resync_script(super().media)
 
 
 class ActivityAutocomplete(forms.Select):
@@ -336,9 +342,7 @@ class ActivityAutocomplete(forms.Select):
 
     @property
     def media(self) -> forms.Media:
-        return AutocompleteSelect(ResyncJob._meta.get_field("course"), admin.site).media + forms.Media(
-            js=["gradesync/resync_form.js"]
-        )
+        return with_resync_script(AutocompleteSelect(ResyncJob._meta.get_field("course"), admin.site).media)
 
 
 def learner_label(lti_user: LtiUser) -> str:
