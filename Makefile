@@ -21,12 +21,19 @@ node_modules/.installed: package.json package-lock.json
 
 node_modules: node_modules/.installed
 
-## Run the product on its embedded defaults: SQLite, in-process tasks, demo data, the sandbox LMS.
+## Run the product as production does, on its embedded defaults: the web server, a Celery worker and
+## beat (Procfile.dev, under honcho; Ctrl-C stops all three), SQLite, a broker that is a folder
+## (.cache/broker, no server), demo data, the sandbox LMS. `make run PORT=8001` serves on another port.
 ## The demo logins skip the second factor (DEMO_SKIP_2FA, refused when DEBUG is off).
+## A CELERY_BROKER_URL or DATABASE_URL in the environment is used instead (e.g. Redis, PostgreSQL).
+## The filesystem broker ignores the host: "localhost" only spares kombu's "No hostname was supplied".
+EMBEDDED := SANDBOX_LMS=True DEMO_SKIP_2FA=True CELERY_BROKER_URL=$(or $(CELERY_BROKER_URL),filesystem://localhost/)
 run: venv
-	SANDBOX_LMS=True $(PY) manage.py migrate --noinput
-	SANDBOX_LMS=True DEMO_SKIP_2FA=True $(PY) manage.py load_demo --base-url http://$(HOST):$(PORT)
-	SANDBOX_LMS=True DEMO_SKIP_2FA=True $(PY) manage.py runserver $(HOST):$(PORT)
+	$(EMBEDDED) $(PY) manage.py migrate --noinput
+	$(EMBEDDED) $(PY) manage.py load_demo --base-url http://$(HOST):$(PORT)
+	@echo "  Processes:   web (http://$(HOST):$(PORT)/), worker, beat (Procfile.dev); Ctrl-C stops them"
+	exec env $(EMBEDDED) HOST=$(HOST) PATH="$(abspath $(VENV))/bin:$$PATH" \
+		$(VENV)/bin/honcho start --env /dev/null --procfile Procfile.dev --port $(PORT)
 
 ## Run the whole test suite (SQLite by default; PostgreSQL/Redis when DATABASE_URL/CELERY_BROKER_URL are set).
 test: venv node_modules
