@@ -4,9 +4,12 @@ from django.urls import include, path
 from lti_tool.views import jwks
 
 from gradesync import admin_support
+from institutions.landing import landing
 from institutions.tool_configuration import JWKS_PATH
 
 urlpatterns = [
+    # Public: what this service is, with links to the admin, the sandbox LMS (when on) and the JWKS; "View site".
+    path("", landing, name="landing"),
     # Support pages (why a grade did not sync, sync health): before the admin's own catch-alls.
     path("admin/gradesync/", include(admin_support.urlpatterns)),
     path("admin/", admin.site.urls),

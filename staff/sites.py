@@ -15,11 +15,36 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.views.decorators.cache import never_cache
 
-from . import views
+from . import access, views
 from .second_factor import is_verified, needs_second_factor
 
 
 class StaffAdminSite(admin.AdminSite):
+    """Branded with settings.TOOL_TITLE; "View site" opens the public landing page (institutions.landing)."""
+
+    site_url = "/"
+
+    # Read at each request (not at import) so the title follows settings.
+    @property
+    def site_header(self) -> str:  # type: ignore[override]
+        return settings.TOOL_TITLE
+
+    @property
+    def site_title(self) -> str:  # type: ignore[override]
+        return settings.TOOL_TITLE
+
+    @property
+    def index_title(self) -> str:  # type: ignore[override]
+        return "Support and onboarding"
+
+    def each_context(self, request: HttpRequest) -> dict:
+        context = super().each_context(request)
+        user = getattr(request, "user", None)
+        # The header names the signed-in role, so a missing button is explained before anyone clicks.
+        if user is not None and user.is_authenticated and user.is_staff:
+            context["staff_role"] = access.role_names(user)
+        return context
+
     def has_permission(self, request: HttpRequest) -> bool:
         return super().has_permission(request) and (settings.DEMO_SKIP_2FA or is_verified(request.user))
 

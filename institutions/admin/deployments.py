@@ -14,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from lti_tool.models import LtiDeployment
 
 from .. import services
@@ -61,6 +62,16 @@ def suggested_institution(deployment: LtiDeployment) -> Institution | None:
         Institution.objects.filter(deployments__deployment__registration_id=deployment.registration_id).distinct()[:2]
     )
     return owners[0] if len(owners) == 1 else None
+
+
+def assigned_message(count: int, institution: Institution, *, activated: bool) -> str:
+    """"1 deployment assigned to North College and activated." / "3 deployments assigned to North College."."""
+    if activated:
+        text = ngettext("%(n)d deployment assigned to %(inst)s and activated.",
+                        "%(n)d deployments assigned to %(inst)s and activated.", count)
+    else:
+        text = ngettext("%(n)d deployment assigned to %(inst)s.", "%(n)d deployments assigned to %(inst)s.", count)
+    return text % {"n": count, "inst": institution}
 
 
 @admin.register(LtiDeployment)
@@ -160,7 +171,7 @@ class DeploymentAdmin(AuditedAdminMixin, admin.ModelAdmin):
                 except ValidationError as error:
                     refused.append(" ".join(error.messages))
             if done:
-                self.message_user(request, _("%(n)d deployment(s) assigned to %(inst)s.") % {"n": done, "inst": form.cleaned_data["institution"]})
+                self.message_user(request, assigned_message(done, form.cleaned_data["institution"], activated=form.cleaned_data["activate"]))
             for message in refused:
                 self.message_user(request, message, messages.ERROR)
             return None

@@ -23,8 +23,9 @@ from lti_tool.models import LtiDeployment, LtiRegistration
 from .. import services, tool_configuration
 from ..keys import fingerprint, public_pem
 from ..models import (
-    AuditEntry, Institution, LmsFamily, RegistrationProfile,
+    AuditEntry, Institution, LmsFamily, RegistrationInvitation, RegistrationProfile,
 )
+from ..roles import INTEGRATION
 from .audit_trail import AuditedAdminMixin
 
 
@@ -464,6 +465,8 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
             invitation_url = reverse("admin:institutions_registrationinvitation_add")
         except NoReverseMatch:  # Dynamic Registration links not installed
             invitation_url = ""
+        # Offered as a link only to who may make one; others are told whom to ask.
+        may_invite = bool(invitation_url) and self.admin_site.get_model_admin(RegistrationInvitation).has_add_permission(request)
         context = {
             **self.admin_site.each_context(request),
             "title": _("Tool configuration for %s") % registration,
@@ -483,6 +486,8 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
             "canvas_json": json.dumps(tool_configuration.canvas_developer_key(base_url, registration), indent=2),
             "canvas_json_download": f"{urls['canvas_json']}?download=1",
             "invitation_url": invitation_url,
+            "may_invite": may_invite,
+            "inviting_role": INTEGRATION,
             "is_canvas": lms_family == LmsFamily.CANVAS,
         }
         return TemplateResponse(request, "admin/lti_tool/ltiregistration/tool_configuration.html", context)
