@@ -19,7 +19,7 @@ from courseware.captions import CaptionsRefused, captions_from_transcript, check
 from courseware.demo import load_demo
 from courseware.models import Activity, ActivityKind, Attempt
 from gradesync.models import Delivery, DeliveryStatus, Result
-from institutions.models import GradePolicy
+from institutions.models import Course, GradePolicy
 from institutions.roles import SUPPORT
 from tests.courseware_factories import ActivityFactory, LtiUserFactory, QuestionFactory
 
@@ -268,3 +268,88 @@ def test_a_schedule_error_is_an_alert_tied_to_its_field(client, launched, link_t
     assert re.search(r'id="error" role="alert" tabindex="-1"', body)
     assert f'aria-invalid="true" aria-describedby="row-error-{quiz.pk}"' in body
     assert f'aria-label="Attempts allowed for {quiz.title}"' in body
+
+
+# --- Over HTTP with the sandbox LMS: the course navigation entry (8) and the picker (9, 15) ------
+
+from sandbox_lms import api as sandbox  # noqa: E402
+from sandbox_lms.launches import COURSE_NAVIGATION_PREFIX, LoginInitiation  # noqa: E402
+from tests import lms  # noqa: E402
+
+
+@pytest.fixture
+def connected(live_server, two_institutions):
+    return lms.connect(live_server.url, two_institutions[0], profile="canvas")
+
+
+def as_sandbox_user(connected, user):
+    http = lms.browser()
+    http.post(f"{connected.base_url}/sandbox-lms/act-as/", data={"user": user.pk}, timeout=10)
+    return http
+
+
+def course_page(http, connected) -> str:
+    return http.get(f"{connected.base_url}/sandbox-lms/courses/{connected.course.pk}/", timeout=10).text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_grade_sync_is_in_the_sandbox_course_navigation_for_instructors(connected):
+    http = as_sandbox_user(connected, connected.instructor)
+    page = course_page(http, connected)
+    entry = re.search(r'<nav aria-label="Course navigation" id="course-navigation"><a href="([^"]+)">Grade sync</a>', page)
+    assert entry, page
+
+    opened = http.get(connected.base_url + entry.group(1), timeout=10)
+    action, fields = sandbox.parse_autopost(opened.text)
+    tools = sandbox.follow_launch(http, LoginInitiation(url=action, params=fields, method="POST"))
+
+    assert tools.status_code == 200 and tools.url.endswith(reverse("courseware:instructor_tools")), tools.text[:300]
+    assert "Grade sync" in tools.text
+    course = Course.objects.get()
+    grade_sync = http.get(connected.base_url + reverse("courseware:grade_sync", args=[course.pk]), timeout=10)
+    assert grade_sync.status_code == 200 and 'id="legend"' in grade_sync.text
+    # The entry is no module item: not among the course's activities, not copied with the course.
+    assert connected.course.resource_links.filter(resource_link_id__startswith=COURSE_NAVIGATION_PREFIX).count() == 1
+    assert course_page(http, connected).count(">Launch<") == page.count(">Launch<")
+    copy = sandbox.copy_course(course=connected.course, title="Copy")
+    assert not copy.resource_links.filter(resource_link_id__startswith=COURSE_NAVIGATION_PREFIX).exists()
+
+    student = as_sandbox_user(connected, connected.students[0])
+    assert 'id="course-navigation"' not in course_page(student, connected)
+    assert student.get(connected.base_url + entry.group(1), timeout=10).status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_picker_marks_placed_activities_keeps_what_was_typed_and_names_every_problem(connected):
+    quiz = ActivityFactory(slug="ports-quiz", title="Quiz: ports and protocols", kind=ActivityKind.CUSTOM_QUIZ, position=2)
+    reading = ActivityFactory(slug="ports-reading", title="Reading: ports", kind=ActivityKind.READING, position=3)
+    lab = ActivityFactory(slug="ports-lab", title="Lab: ports", kind=ActivityKind.LAB, position=4)
+    assert lms.deep_link(lms.browser(), connected, {quiz.pk: {"graded": True, "points": 10}}).status_code == 200
+
+    http = lms.browser()
+    picker = sandbox.follow_launch(http, sandbox.start_deep_linking(user=connected.instructor, course=connected.course))
+    assert picker.status_code == 200
+    row = re.search(rf'<li class="row"[^>]*>\s*<span class="pick"><label><input type="checkbox" name="activity" value="{quiz.pk}".*?</li>', picker.text, re.S).group(0)
+    assert "already in this course" in row
+    assert f'aria-label="Graded: {quiz.title}"' in row and f'aria-label="Points for {quiz.title}"' in row
+    assert 'id="activity-search"' in picker.text and picker.text.count('class="select-all"') == 1
+
+    refused = http.post(picker.url, headers={"Referer": picker.url}, timeout=10, data={
+        "csrfmiddlewaretoken": lms.csrf_token(picker.text),
+        "activity": [str(reading.pk), str(lab.pk)],
+        f"graded-{reading.pk}": "on", f"points-{reading.pk}": "0",
+        f"graded-{lab.pk}": "on", f"points-{lab.pk}": "lots",
+        f"points-{quiz.pk}": "12.5",  # typed on a row not chosen: kept too
+    })
+
+    assert refused.status_code == 400
+    alert = re.search(r'<div class="error" id="pick-error" role="alert" tabindex="-1">(.*?)</div>', refused.text, re.S).group(1)
+    said = html.unescape(alert)
+    assert "fix these 2 problems" in said
+    assert "Points for “Reading: ports” must be a number greater than 0" in said
+    assert "Points for “Lab: ports” must be a number greater than 0" in said
+    assert f'name="points-{lab.pk}" value="lots"' in refused.text and f'name="points-{quiz.pk}" value="12.5"' in refused.text
+    assert re.search(rf'name="activity" value="{reading.pk}" checked', refused.text)
+    assert not re.search(rf'name="graded-{quiz.pk}" checked', refused.text)  # left unticked, stays unticked
+    assert f'aria-invalid="true" aria-describedby="error-{lab.pk}"' in refused.text
+    assert connected.course.line_items.filter(label__in=[reading.title, lab.title]).count() == 0
