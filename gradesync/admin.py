@@ -611,9 +611,10 @@ class ResyncJobAdmin(ReadOnlyAdmin):
                     return HttpResponseRedirect(reverse("admin:gradesync_resyncjob_change", args=[job.pk]))
             context.update(
                 confirm=True, scope_description=scope.describe(), preview=resync.preview_resync(scope),
+                # The form, filled with this scope to narrow or widen it (a delivery's as its learner and activity).
                 change_scope_url=resync_url(
                     institution=scope.institution, course=scope.course, lti_user=scope.lti_user,
-                    activity_key=scope.activity_key, delivery=scope.delivery, only_changed=scope.only_changed, choose=True,
+                    activity_key=scope.activity_key, only_changed=scope.only_changed, choose=True,
                 ),
             )
         return TemplateResponse(request, "admin/gradesync/resyncjob/resync.html", context)

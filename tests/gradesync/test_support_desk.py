@@ -250,6 +250,18 @@ def test_the_learner_pages_rows_and_the_why_page_resync_each_scope_from_its_prev
     assert counts == [1, 2, 1, 3]  # Ada's quiz 102; Ada's two; quiz 102 (Ada alone took it); the course's three
 
 
+def test_an_activity_links_page_resyncs_that_activity_in_its_course(desk, client_for):
+    from tests.courseware_factories import ActivityFactory, ActivityLinkFactory
+
+    link = ActivityLinkFactory(course=desk.networking, activity=ActivityFactory(title="Lab: VLANs"))
+    grade(desk.networking, desk.grace, str(link.activity_id), "Lab: VLANs", ["0.6"], sent="0.6")
+    url = reverse("admin:courseware_activitylink_change", args=[link.pk])
+    support = client_for(SUPPORT)
+    preview = support.get(_offered(support.get(url).content.decode(), "resync-activity"))
+    assert preview.context["preview"].grades == 1  # Grace's grade of that activity, in that course
+    assert _offered(client_for(READ_ONLY).get(url).content.decode(), "resync-activity") == ""
+
+
 def test_the_delivery_lists_actions_land_on_the_preview(desk, client_for):
     client = client_for(SUPPORT)
     delivery = Delivery.objects.get(lti_user=desk.ada, activity_key="101")
