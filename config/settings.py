@@ -69,6 +69,8 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "staff.middleware.StaffIdleTimeoutMiddleware",
+    # Staff see times in their own zone (staff.time_zones: chosen, else the browser's, else TIME_ZONE).
+    "staff.middleware.StaffTimeZoneMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a locked-out sign-in into the lockout page (staff.views.locked_out).
     "axes.middleware.AxesMiddleware",
@@ -276,8 +278,9 @@ GRADE_SWEEP_INTERVAL_SECONDS = env.float("GRADE_SWEEP_INTERVAL_SECONDS", default
 CELERY_TASK_ROUTES = {"gradesync.deliver_grade": {"queue": "grades"}, "gradesync.*": {"queue": "grades"}}
 CELERY_BEAT_SCHEDULE = {
     "sweep-grade-deliveries": {"task": "gradesync.sweep_deliveries", "schedule": GRADE_SWEEP_INTERVAL_SECONDS},
-    # Resync jobs whose planner died: restarted after 15 minutes without progress, failed 45 later.
-    "sweep-resync-jobs": {"task": "gradesync.sweep_resync_jobs", "schedule": 300.0},
+    # Resync jobs whose planner died: restarted after 15 minutes without progress, failed 45 later; and
+    # settled jobs the senders did not see finish marked Done (a few indexed queries per active job).
+    "sweep-resync-jobs": {"task": "gradesync.sweep_resync_jobs", "schedule": 60.0},
     # Sync health's chart reads closed hours from this rollup (hours whose open rows changed are
     # recounted here, and read from the outbox until then); a full recount now and then also
     # catches delivered rows deleted since they were counted.

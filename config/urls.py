@@ -6,12 +6,15 @@ from lti_tool.views import jwks
 from gradesync import admin_support
 from institutions.landing import landing
 from institutions.tool_configuration import JWKS_PATH
+from staff import time_zone_page
 
 urlpatterns = [
     # Public: what this service is, with links to the admin, the sandbox LMS (when on) and the JWKS; "View site".
     path("", landing, name="landing"),
     # Support pages (why a grade did not sync, sync health): before the admin's own catch-alls.
     path("admin/gradesync/", include(admin_support.urlpatterns)),
+    # A staff member's own time zone (staff.time_zone_page): before the admin's catch-alls too.
+    path("admin/staff/", include(time_zone_page.urlpatterns)),
     path("admin/", admin.site.urls),
     path("", include("courseware.launch.urls")),
     path(JWKS_PATH, jwks, name="lti-jwks"),

@@ -19,6 +19,7 @@ from django.utils.translation import gettext, gettext_lazy as _
 from lti_tool.models import LtiUser
 
 from institutions.admin import GradePolicyForm, InstitutionAdmin
+from institutions.local_time import local_time
 from institutions.models import Course, GradePolicy, Institution
 from institutions.redaction import redact
 from institutions.services import CHANGE_GRADE_POLICY_PERMISSION
@@ -27,6 +28,7 @@ from . import diagnostics, resync
 from .admin_links import resync_url
 from .admin_paging import EstimatedCountPaginator, IndexedSearchMixin, LargeTableChangeList
 from .admin_support import why_url
+from .display import score_text
 from .eligibility import ROLE_WORDS
 from .models import Delivery, DeliveryExchange, ResyncJob, Result, SyncWarning
 
@@ -88,17 +90,18 @@ def learner_link(lti_user: LtiUser | None) -> str:
 
 @admin.register(Delivery)
 class DeliveryAdmin(IndexedSearchMixin, ReadOnlyAdmin):
-    list_display = ["id", "status", "learner", "course", "activity_key", "score", "attempts", "last_status_code", "updated_at", "why"]
+    list_display = ["id", "status", "learner", "course", "activity", "grade", "attempts", "last_status_code", "updated", "why"]
     # Sync health links here with these parameters. Each filter has an index (gradesync 0005 adds
     # is_resync's and sent_at's), so a value that matches few rows is not a scan of the outbox.
     list_filter = ["status", "is_resync", "institution", ("updated_at", DateFieldListFilter), ("sent_at", DateFieldListFilter)]
     list_select_related = ()
-    list_prefetch_related = ["lti_user", "course__context"]  # Course.__str__ falls back to its context
+    # Course.__str__ falls back to its context; the result names the activity, the line item has the LMS's points.
+    list_prefetch_related = ["lti_user", "course__context", "result", "line_item"]
     raw_id_fields = ["result", "course", "lti_user", "line_item", "resource_link"]
     search_fields = ["=id", "=lti_user__sub", "=lti_user__email"]  # see IndexedSearchMixin
     search_help_text = _("A delivery id, or a learner's exact LMS user id or email.")
     ordering = ["-id"]
-    sortable_by = ["id", "course", "updated_at"]  # the pk, delivery_course_user_act_idx, delivery_window_idx
+    sortable_by = ["id", "course", "updated"]  # the pk, delivery_course_user_act_idx, delivery_window_idx
     inlines = [DeliveryExchangeInline]
     actions = ["resync_delivery", "resync_learner", "resync_activity", "resync_course"]
     readonly_fields = ["lms_last_message"]
@@ -154,6 +157,18 @@ class DeliveryAdmin(IndexedSearchMixin, ReadOnlyAdmin):
     def learner(self, delivery: Delivery) -> str:
         return learner_link(delivery.lti_user)
 
+    @admin.display(description=_("activity"))
+    def activity(self, delivery: Delivery) -> str:
+        return (delivery.result.activity_title if delivery.result_id else "") or delivery.activity_key
+
+    @admin.display(description=_("grade"))
+    def grade(self, delivery: Delivery) -> str:
+        return score_text(delivery.score, delivery.line_item.maximum_score if delivery.line_item_id else None)
+
+    @admin.display(description=_("updated at"), ordering="updated_at")
+    def updated(self, delivery: Delivery) -> str:
+        return local_time(delivery.updated_at)
+
     @admin.display(description=_("why?"))
     def why(self, delivery: Delivery) -> str:
         return format_html('<a href="{}">{}</a>', reverse("gradesync_why_delivery", args=[delivery.pk]), _("why?"))
@@ -175,10 +190,10 @@ class LaunchRoleFilter(admin.SimpleListFilter):
 
 @admin.register(Result)
 class ResultAdmin(IndexedSearchMixin, ReadOnlyAdmin):
-    list_display = ["id", "activity_title", "learner", "course", "score", "completed_at", "is_eligible", "ineligible_reason", "why"]
+    list_display = ["id", "activity", "learner", "course", "grade", "completed", "is_eligible", "ineligible_reason", "why"]
     list_filter = ["is_eligible", LaunchRoleFilter]
     list_select_related = ()
-    list_prefetch_related = ["lti_user", "course__context"]
+    list_prefetch_related = ["lti_user", "course__context", "resource_link__ltilineitem_set"]  # the LMS's points
     raw_id_fields = ["lti_user", "course", "resource_link", "launched_course", "launch_deployment"]
     search_fields = ["=id", "=lti_user__sub", "=lti_user__email"]  # see IndexedSearchMixin
     search_help_text = _("A result id, or a learner's exact LMS user id or email.")
@@ -188,6 +203,20 @@ class ResultAdmin(IndexedSearchMixin, ReadOnlyAdmin):
     @admin.display(description=_("learner"))
     def learner(self, result: Result) -> str:
         return learner_link(result.lti_user)
+
+    @admin.display(description=_("activity"))
+    def activity(self, result: Result) -> str:
+        return result.activity_title or result.activity_key
+
+    @admin.display(description=_("grade"))
+    def grade(self, result: Result) -> str:
+        # The newest line item bound to the attempt's link (prefetched): the LMS's points for it.
+        items = sorted(result.resource_link.ltilineitem_set.all(), key=lambda item: -item.pk) if result.resource_link_id else []
+        return score_text(result.score, items[0].maximum_score if items else None)
+
+    @admin.display(description=_("completed at"))
+    def completed(self, result: Result) -> str:
+        return local_time(result.completed_at)
 
     @admin.display(description=_("why?"))
     def why(self, result: Result) -> str:
@@ -529,15 +558,15 @@ def progress_json(job: ResyncJob) -> JsonResponse:
 class ResyncJobAdmin(ReadOnlyAdmin):
     """Resync jobs: started from the resync view (or the actions that lead there), watched, cancelled."""
 
-    list_display = ["id", "status", "scope", "requested_by_name", "estimated", "planned", "sent", "refused", "failed", "skipped", "created_at", "finished_at"]
+    list_display = ["id", "status", "scope", "requested_by_name", "estimated", "planned", "sent", "refused", "failed", "skipped", "created", "finished"]
     list_filter = ["status"]
     list_select_related = ["institution", "course__context", "lti_user", "delivery"]
     raw_id_fields = ["institution", "course", "lti_user", "delivery", "requested_by", "requested_by_instructor"]
     ordering = ["-id"]
-    sortable_by = ["id", "created_at"]  # the pk, resyncjob_created_idx
+    sortable_by = ["id", "created"]  # the pk, resyncjob_created_idx
     fields = [
         "status", "scope", "requested_by_name", "estimated", "planned", "sent", "refused", "failed", "skipped",
-        "message", "created_at", "started_at", "planned_at", "finished_at",
+        "message", "created", "started", "planned_at_time", "finished",
     ]
     readonly_fields = fields
     change_form_template = "admin/gradesync/resyncjob/change_form.html"
@@ -549,6 +578,23 @@ class ResyncJobAdmin(ReadOnlyAdmin):
     @admin.display(description=_("scope"))
     def scope(self, job: ResyncJob) -> str:
         return resync.ResyncScope.of_job(job).describe()
+
+    # Times to the second, in the staff member's zone, UTC on hover.
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, job: ResyncJob) -> str:
+        return local_time(job.created_at)
+
+    @admin.display(description=_("started at"))
+    def started(self, job: ResyncJob) -> str:
+        return local_time(job.started_at)
+
+    @admin.display(description=_("planned at"))
+    def planned_at_time(self, job: ResyncJob) -> str:
+        return local_time(job.planned_at)
+
+    @admin.display(description=_("finished at"))
+    def finished(self, job: ResyncJob) -> str:
+        return local_time(job.finished_at)
 
     def get_urls(self) -> list:
         wrap = self.admin_site.admin_view
@@ -567,7 +613,7 @@ class ResyncJobAdmin(ReadOnlyAdmin):
         if object_id:
             job = self.get_object(request, object_id)
             if job is not None:
-                extra["progress"] = resync.refresh_progress(job)
+                extra["progress"] = resync.progress_of(job)  # written as its grades land, not by opening the page
         return super().changeform_view(request, object_id, form_url, extra)
 
     def changelist_view(self, request, extra_context=None):
@@ -654,12 +700,12 @@ class ResyncJobAdmin(ReadOnlyAdmin):
         job = get_object_or_404(self.get_queryset(request), pk=object_id)
         try:
             with transaction.atomic():
-                withdrawn = resync.cancel_resync(job=job, acting_user=request.user)
-                self.log_change(request, job, f"Resync cancelled; {withdrawn} queued grades withdrawn")
+                report = resync.cancel_resync(job=job, acting_user=request.user)
+                self.log_change(request, job, report.message)
         except resync.ResyncRefused as refusal:
             self.message_user(request, str(refusal), messages.WARNING)
         else:
-            self.message_user(request, _("Resync cancelled; %s queued grades withdrawn.") % withdrawn)
+            self.message_user(request, report.message)
         return HttpResponseRedirect(reverse("admin:gradesync_resyncjob_change", args=[job.pk]))
 
 

@@ -10,15 +10,19 @@ a learner's (course, activity) pairs for their admin page.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from django.conf import settings
 from django.db.models import Count, Max, Q, QuerySet
+from django.utils import timezone
 from lti_tool.models import LtiLineItem, LtiUser
 
+from institutions.local_time import local_text
 from institutions.models import Course, GradePolicy, LmsFamily
 
+from .display import points_text, score_text
 from .eligibility import ROLE_WORDS, RuleCheck, check_result
-from .models import Delivery, DeliveryExchange, DeliveryStatus, Result, SyncWarning
+from .models import OPEN_STATUSES, Delivery, DeliveryExchange, DeliveryStatus, Result, SyncWarning
 from .outcomes import classify
 from .policy import pick_result
 
@@ -66,22 +70,33 @@ class Rule:
 class AttemptRow:
     result: Result
     picked: bool
+    maximum: float | None = None  # the LMS's points for the attempt's line item, when one is known
 
     @property
-    def percent(self) -> str:
-        return f"{float(self.result.score) * 100:.0f}%"
+    def score(self) -> str:
+        return score_text(self.result.score, self.maximum)
 
 
 @dataclass(frozen=True)
 class DeliveryRow:
     delivery: Delivery
     advice: str
+    overdue: bool = False  # due (or claimed) long ago and still not done: nothing is working the outbox
+    latest: bool = False
+
+    @property
+    def score(self) -> str:
+        return score_text(self.delivery.score, _maximum_of(self.delivery))
 
 
 @dataclass(frozen=True)
 class ExchangeRow:
     exchange: DeliveryExchange
     delivery_id: int
+
+    @property
+    def score(self) -> str:
+        return points_text(self.exchange.score_given, self.exchange.score_maximum)
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,41 @@ class Diagnosis:
     @property
     def latest_delivery(self) -> Delivery | None:
         return self.deliveries[0].delivery if self.deliveries else None
+
+    @property
+    def overdue(self) -> bool:
+        return any(row.overdue for row in self.deliveries)
+
+
+def _maximum_of(delivery: Delivery) -> float | None:
+    return delivery.line_item.maximum_score if delivery.line_item_id and delivery.line_item else None
+
+
+def overdue_after() -> datetime.timedelta:
+    """How long past its next try an open delivery may wait before it is "overdue".
+
+    A worker takes a due row within seconds; beat's sweeper re-queues a lost pending row after
+    GRADE_DELIVERY_REQUEUE_AFTER_SECONDS and a retrying one at its first sweep after it is due.
+    Past both (and two sweeps), nothing is working the outbox: no worker, or no beat.
+    """
+    return datetime.timedelta(
+        seconds=settings.GRADE_DELIVERY_REQUEUE_AFTER_SECONDS + 2 * settings.GRADE_SWEEP_INTERVAL_SECONDS
+    )
+
+
+def is_overdue(delivery: Delivery, now: datetime.datetime) -> bool:
+    """Open, and its next try (or, while sending, its claim) long past: see overdue_after."""
+    if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING):
+        return delivery.next_attempt_at is not None and delivery.next_attempt_at < now - overdue_after()
+    if delivery.status == DeliveryStatus.SENDING:
+        stale = datetime.timedelta(seconds=settings.GRADE_DELIVERY_STALE_CLAIM_SECONDS) + overdue_after()
+        return delivery.claimed_at is not None and delivery.claimed_at < now - stale
+    return False
+
+
+def _minutes_ago(when: datetime.datetime, now: datetime.datetime) -> str:
+    minutes = int((now - when).total_seconds() // 60)
+    return "less than a minute ago" if minutes < 1 else f"{minutes} minute{'s' if minutes != 1 else ''} ago"
 
 
 def _who(user: LtiUser) -> str:
@@ -165,18 +215,28 @@ def _rule(check: RuleCheck, role: str) -> Rule:
     return Rule(check.rule, check.title, check.passed, check.fact, step)
 
 
-def delivery_advice(delivery: Delivery, lms_family: str, last_exchange: DeliveryExchange | None) -> str:
+def delivery_advice(delivery: Delivery, lms_family: str, last_exchange: DeliveryExchange | None,
+                    now: datetime.datetime | None = None) -> str:
     """The next step for one delivery, in plain words; the LMS's own refusal advice from `outcomes`."""
+    now = now or timezone.now()
+    score = score_text(delivery.score, _maximum_of(delivery))
     if delivery.status == DeliveryStatus.SENT:
-        when = delivery.sent_at.strftime("%Y-%m-%d %H:%M:%S UTC") if delivery.sent_at else "—"
-        return f"Nothing to do: the LMS accepted {float(delivery.score) * 100:.0f}% at {when}."
+        return f"Nothing to do: the LMS accepted {score} at {local_text(delivery.sent_at)}."
+    if is_overdue(delivery, now):
+        if delivery.status == DeliveryStatus.SENDING:
+            return (f"Overdue: a worker took it at {local_text(delivery.claimed_at)} ({_minutes_ago(delivery.claimed_at, now)}) "
+                    "and never finished, and nothing has reclaimed it: no worker or beat running? Start the grade "
+                    "workers and beat (Sync health shows the outbox); it is sent again once they run.")
+        return (f"Overdue: its next try was due at {local_text(delivery.next_attempt_at)} "
+                f"({_minutes_ago(delivery.next_attempt_at, now)}) and nothing has picked it up: no worker or beat "
+                "running? Start the grade workers and beat (Sync health shows the outbox); it is sent once they run.")
     if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING):
         return "Queued: it is sent within seconds. If it waits for minutes, check that the grade workers run (Sync health)."
     code = delivery.last_status_code
     body = last_exchange.message if last_exchange is not None else delivery.last_message
     advice = classify(lms_family, code, body or "").advice if code is not None else ""
     if delivery.status == DeliveryStatus.RETRYING:
-        when = delivery.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S UTC") if delivery.next_attempt_at else "soon"
+        when = local_text(delivery.next_attempt_at) if delivery.next_attempt_at else "soon"
         return f"{advice or 'The LMS did not take it yet; it is retried automatically.'} Next try: {when}."
     if delivery.status == DeliveryStatus.DEAD:
         return ("Gave up after repeated failures. Fix the cause the last message names (the LMS's availability, "
@@ -229,9 +289,18 @@ def diagnose(*, lti_user: LtiUser, course: Course, activity_key: str) -> Diagnos
     last_exchange: dict[int, DeliveryExchange] = {}
     for exchange in exchanges:
         last_exchange.setdefault(exchange.delivery_id, exchange)
-    delivery_rows = [DeliveryRow(d, delivery_advice(d, lms_family, last_exchange.get(d.pk))) for d in deliveries]
+    now = timezone.now()
+    delivery_rows = [
+        DeliveryRow(d, delivery_advice(d, lms_family, last_exchange.get(d.pk), now), is_overdue(d, now), index == 0)
+        for index, d in enumerate(deliveries)
+    ]
 
-    verdict, steps = _verdict(results, picked, delivery_rows, rules)
+    def maximum_for(result: Result) -> float | None:
+        bound = next((i for i in line_items if result.resource_link_id and i.resource_link_id == result.resource_link_id), None)
+        bound = bound or next((i for i in line_items if i.resource_id == activity_key), None)
+        return bound.maximum_score if bound is not None else None
+
+    verdict, steps, delivery_rows = _verdict(results, picked, delivery_rows, rules, maximum_for)
     return Diagnosis(
         lti_user=lti_user,
         course=course,
@@ -241,7 +310,7 @@ def diagnose(*, lti_user: LtiUser, course: Course, activity_key: str) -> Diagnos
         policy=policy,
         rules_of=rules_of,
         rules=rules,
-        attempts=[AttemptRow(r, picked is not None and r.pk == picked.pk) for r in results],
+        attempts=[AttemptRow(r, picked is not None and r.pk == picked.pk, maximum_for(r)) for r in results],
         picked=picked,
         deliveries=delivery_rows,
         exchanges=[ExchangeRow(x, x.delivery_id) for x in exchanges],
@@ -251,34 +320,60 @@ def diagnose(*, lti_user: LtiUser, course: Course, activity_key: str) -> Diagnos
     )
 
 
-def _verdict(results: list[Result], picked: Result | None, deliveries: list[DeliveryRow], rules: list[Rule]) -> tuple[str, list[str]]:
-    steps: list[str] = []
+def _verdict(
+    results: list[Result], picked: Result | None, deliveries: list[DeliveryRow], rules: list[Rule], maximum_for,
+) -> tuple[str, list[str], list[DeliveryRow]]:
+    """The verdict, the next steps, and the delivery rows with advice that says the same as the steps.
+
+    One truth: the latest delivery's row says what the first step says; an older closed row says it
+    was replaced; every failed rule's step is among the steps.
+    """
     failed = [rule for rule in rules if not rule.passed]
+    rule_steps = [rule.step for rule in failed if rule.step]
     if not results:
         return (
             "No result recorded: the learner has not finished a scored attempt at this activity in this course.",
             ["Check that the learner finished the activity (Courseware › Attempts); nothing was reported to grade sync."],
+            deliveries,
         )
     if picked is None:
         verdict = "Not synced: no attempt is eligible. " + "; ".join(f"{r.title} — failed" for r in failed[:3])
-        steps = [rule.step for rule in failed if rule.step]
-        return verdict, steps or ["No attempt is eligible; see each attempt's reason below."]
+        return verdict, _unique(rule_steps) or ["No attempt is eligible; see each attempt's reason below."], deliveries
     if not deliveries:
         return (
             "Eligible, but no grade was queued for the LMS.",
-            [rule.step for rule in failed if rule.step] + ["Resync this grade to send the policy's grade now."],
+            _unique(rule_steps + ["Resync this grade to send the policy's grade now."]),
+            deliveries,
         )
     latest = deliveries[0]
-    status = latest.delivery.get_status_display()
-    verdict = f"{status}: {float(latest.delivery.score) * 100:.0f}% (delivery #{latest.delivery.pk})."
-    if latest.delivery.status != DeliveryStatus.SENT:
-        steps.append(latest.advice)
-    if latest.delivery.status == DeliveryStatus.SENT and latest.delivery.score != picked.score:
-        steps.append("The grade sent differs from the one the policy picks now (a policy change or a newer attempt); "
-                     "resync this grade.")
-    # Scope and duplicate line items matter even for grades that were queued.
-    steps += [rule.step for rule in failed if rule.rule in ("deployment_scope", "one_line_item") and rule.step not in steps]
-    return verdict, [s for s in steps if s] or [latest.advice]
+    delivery = latest.delivery
+    picked_score = score_text(picked.score, maximum_for(picked))
+    advice = latest.advice
+    if delivery.status == DeliveryStatus.SENT and delivery.score != picked.score:
+        advice = (f"The LMS holds {latest.score} (sent at {local_text(delivery.sent_at)}), but the policy now picks "
+                  f"{picked_score} (a policy change or a newer attempt): resync this grade.")
+    elif delivery.status == DeliveryStatus.SENT and failed:
+        advice = f"The LMS accepted {latest.score} at {local_text(delivery.sent_at)}: nothing to do for this grade."
+    rows = [replace(latest, advice=advice)]
+    steps = [advice] if not (delivery.status == DeliveryStatus.SENT and failed and delivery.score == picked.score) else []
+    for row in deliveries[1:]:
+        if row.delivery.status in OPEN_STATUSES:
+            rows.append(row)  # another open row (another line item): it is still sent, and says how
+            steps.append(row.advice)
+        else:
+            rows.append(replace(row, advice=f"Replaced by delivery #{delivery.pk}, the latest: nothing to do on this one."))
+    status = delivery.get_status_display()
+    if latest.overdue:
+        status = f"{status}, overdue"
+    if delivery.score == picked.score:
+        verdict = f"{status}: {latest.score}, the grade the policy picks (delivery #{delivery.pk})."
+    else:
+        verdict = f"{status}: {latest.score} (delivery #{delivery.pk}); the policy picks {picked_score}."
+    return verdict, _unique(steps + rule_steps) or [advice], rows
+
+
+def _unique(steps: list[str]) -> list[str]:
+    return list(dict.fromkeys(step for step in steps if step))
 
 
 # --- The search box ---------------------------------------------------------------------------
@@ -364,6 +459,7 @@ class LearnerGrade:
     delivery_id: int | None
     delivery_status: str | None
     delivery_status_label: str
+    delivery_score: str = "—"  # the latest delivery's grade, "8 / 10 (80 %)"
 
 
 def learner_grades(lti_user: LtiUser, *, limit: int = MAX_LEARNER_GRADES) -> tuple[list[LearnerGrade], bool]:
@@ -378,7 +474,7 @@ def learner_grades(lti_user: LtiUser, *, limit: int = MAX_LEARNER_GRADES) -> tup
     latest: dict[tuple[int, str], dict] = {}
     for delivery in (
         Delivery.objects.filter(lti_user=lti_user).order_by("-id")
-        .values("id", "course_id", "activity_key", "status")[:MAX_LEARNER_DELIVERIES]
+        .values("id", "course_id", "activity_key", "status", "score", "line_item__maximum_score")[:MAX_LEARNER_DELIVERIES]
     ):
         latest.setdefault((delivery["course_id"], delivery["activity_key"]), delivery)
     labels = dict(DeliveryStatus.choices)
@@ -397,5 +493,6 @@ def learner_grades(lti_user: LtiUser, *, limit: int = MAX_LEARNER_GRADES) -> tup
             delivery_id=delivery["id"] if delivery else None,
             delivery_status=status,
             delivery_status_label=str(labels.get(status, "—")) if status else "—",
+            delivery_score=score_text(delivery["score"], delivery["line_item__maximum_score"]) if delivery else "—",
         ))
     return grades, len(rows) > limit

@@ -12,6 +12,7 @@ SWEEP_DELIVERIES = "gradesync.sweep_deliveries"  # runs sweeper.sweep
 RUN_RESYNC_JOB = "gradesync.run_resync_job"  # runs resync.run_job
 QUEUE_RESYNC_DELIVERIES = "gradesync.queue_resync_deliveries"  # runs resync.fan_out
 SWEEP_RESYNC_JOBS = "gradesync.sweep_resync_jobs"  # runs resync.sweep_resync_jobs
+COUNT_RESYNC_PROGRESS = "gradesync.count_resync_progress"  # runs resync.count_progress
 ROLL_UP_DELIVERY_HOURS = "gradesync.roll_up_delivery_hours"  # runs health.roll_up_delivery_hours
 REGISTER_COPY_NOTICE_HANDLER = "gradesync.register_copy_notice_handler"  # runs notice_handlers.register_copy_notice_handler
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from lti_tool.models import LtiRegistration
 
 from institutions.models import LmsFamily
 
 from . import ags, line_items, outbox, queue
-from .models import Delivery, DeliveryExchange
+from .models import OPEN_STATUSES, Delivery, DeliveryExchange, ResyncJob, ResyncJobStatus
 from .outcomes import Outcome, classify
 
 IN_FLIGHT_SLOT_SECONDS = 30  # a killed worker's slots free themselves this soon; senders renew theirs
@@ -209,6 +210,9 @@ class _Sender:
                 self.limit.keep()
         finally:
             self.flush()
+        note_resync_landings({
+            d.resync_job_id for d in deliveries if d.resync_job_id is not None and self.outcomes.get(d.pk) in LANDED
+        })
 
     def flush(self) -> None:
         if len(self.exchanges) == 1:
@@ -347,6 +351,32 @@ def _lms_message(body: str, advice: str) -> str:
     text = (body or "").strip()
     return f"{advice} LMS said: {text[:500]}" if advice and text else (advice or text[:500])
 
+
+
+LANDED = frozenset({"sent", "refused", "dead"})  # what a send can end in for good (outbox.finish)
+RESYNC_COUNT_SECONDS = 2.0
+
+
+def note_resync_landings(job_ids: set[int]) -> None:
+    """Have the counters of the resync jobs whose grades just landed written: `resync.count_progress`,
+    queued on the resync queue, so that the recount (an aggregate over the job's rows) never holds
+    this LMS's slot.
+
+    Per job and batch of sends, one cache add and one indexed look (is the job planned, with none of
+    its rows open?). A recount is queued at most once per RESYNC_COUNT_SECONDS per job, trailing (it
+    counts what lands meanwhile), and at once when the job's last grade lands: each sender looks after
+    its own rows are written, so the last one to write sees them all, and Done is written then.
+    """
+    for job_id in job_ids:
+        finished = (
+            ResyncJob.objects.filter(pk=job_id, status=ResyncJobStatus.RUNNING, planned_at__isnull=False)
+            .exclude(Exists(Delivery.objects.filter(resync_job=OuterRef("pk"), status__in=OPEN_STATUSES)))
+            .exists()
+        )
+        if finished:
+            queue.send(queue.COUNT_RESYNC_PROGRESS, [job_id], queue="resync")
+        elif cache.add(f"resync-count:{job_id}", 1, RESYNC_COUNT_SECONDS):
+            queue.send(queue.COUNT_RESYNC_PROGRESS, [job_id], queue="resync", countdown=RESYNC_COUNT_SECONDS)
 
 
 def wake_senders(rows: list[tuple[int, int, bool]]) -> int:

@@ -9,6 +9,7 @@ from celery import shared_task
 
 from . import health, notice_handlers, resync, sender, sweeper
 from .queue import (
+    COUNT_RESYNC_PROGRESS,
     DELIVER_GRADE,
     QUEUE_RESYNC_DELIVERIES,
     REGISTER_COPY_NOTICE_HANDLER,
@@ -41,6 +42,12 @@ def run_resync_job(job_id: int) -> str:
 def queue_resync_deliveries(job_id: int, delivery_ids: list[int]) -> int:
     """Fan one planned batch out into deliver_grade tasks on the resync queue (none if the job was cancelled)."""
     return resync.fan_out(job_id, delivery_ids)
+
+
+@shared_task(name=COUNT_RESYNC_PROGRESS, ignore_result=True)
+def count_resync_progress(job_id: int) -> str:
+    """Write a resync job's counters (and Done) from its deliveries; queued by the sender as its grades land."""
+    return resync.count_progress(job_id)
 
 
 @shared_task(name=SWEEP_RESYNC_JOBS, ignore_result=True)

@@ -47,12 +47,16 @@ def record_staff_change(
     obj: models.Model | None = None,
     changes: dict[str, tuple[Any, Any]] | None = None,
     institution: Institution | None = None,
+    actor_name: str | None = None,
 ) -> AuditEntry:
-    """Record who changed what, from which value to which, in the caller's transaction."""
+    """Record who changed what, from which value to which, in the caller's transaction.
+
+    `actor_name`: who acted when it is no staff account (an instructor from an LTI launch); else "system".
+    """
     authenticated = actor is not None and getattr(actor, "is_authenticated", False)
     return AuditEntry.objects.create(
         actor=actor if authenticated else None,
-        actor_name=actor.get_username() if authenticated else "system",
+        actor_name=actor.get_username() if authenticated else (actor_name or "system")[:150],
         action=action,
         institution=institution,
         content_type=ContentType.objects.get_for_model(obj, for_concrete_model=False) if obj is not None else None,

@@ -11,3 +11,6 @@ class StaffConfig(AppConfig):
     name = "staff"
     label = "staff"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import time_zones  # noqa: F401 - connects its sign-in receiver (the staff member's zone)

@@ -6,8 +6,9 @@ scope      ResyncScope: which grades; preview_resync, preview_policy_change: how
 jobs       start_resync: permission, one active job per scope (the database decides), the job row
            and its audit entry; planning queued after commit. request_course_resync: the
            instructor's door, their own course, at most once per 10 minutes. cancel_resync: stop
-           planning, withdraw the job's deliveries no worker has picked up. refresh_progress:
-           counters from the job's deliveries (one aggregate); DONE once planned and settled.
+           planning, withdraw the job's deliveries no worker has picked up, report the rest.
+           refresh_progress / count_progress: counters from the job's deliveries (one aggregate),
+           written as grades land; DONE once planned and settled. progress_of: what pages read.
 planning   run_job: the task's body, keys planned in set-based batches, re-queued when its time
            slice ends; fan_out: senders started for a planned batch.
 policy_change  change_policy_and_resync: the policy and, when asked, a job for what it changes (none when
@@ -17,9 +18,12 @@ watchdog   sweep_resync_jobs: beat's safety net, a dead planner never holds its 
 from .jobs import (
     INSTRUCTOR_COOLDOWN,
     RESYNC_PERMISSION,
+    CancelReport,
     CourseResyncRequest,
     cancel_resync,
+    count_progress,
     polled_progress,
+    progress_of,
     refresh_progress,
     request_course_resync,
     start_resync,
@@ -43,6 +47,7 @@ __all__ = [
     "BATCH_SIZE",
     "INSTRUCTOR_COOLDOWN",
     "RESYNC_PERMISSION",
+    "CancelReport",
     "CourseResyncRequest",
     "PolicyChangeOutcome",
     "PolicyDrift",
@@ -52,12 +57,14 @@ __all__ = [
     "activities_to_resync",
     "activity_title",
     "cancel_resync",
+    "count_progress",
     "change_policy_and_resync",
     "courses_to_resync",
     "fan_out",
     "learners_to_resync",
     "policy_drift",
     "polled_progress",
+    "progress_of",
     "preview_policy_change",
     "preview_resync",
     "refresh_progress",

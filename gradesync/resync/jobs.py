@@ -1,16 +1,22 @@
 """Resync jobs: start one (permission, one active job per scope, audit, planning queued after commit), an
-instructor's request for their course, cancelling; a job's progress, counted from its deliveries, and its finish."""
+instructor's request for their course, cancelling; a job's progress, counted from its deliveries, and its finish.
+
+Progress is written, not computed on read: as a job's grades land the sender asks for a recount
+(`count_progress`, queued by `sender.note_resync_landings`: at most one per job every couple of
+seconds, and at once when the job's last grade lands), the planner recounts when planning ends,
+and beat's watchdog catches the rest. Pages read the stored counters (`progress_of`).
+"""
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
+from django.utils.translation import ngettext
 from lti_tool.models import LtiUser
 
 from institutions.audit import record_staff_change
@@ -50,7 +56,7 @@ def start_resync(
     if acting_user is not None:
         name = acting_user.get_username()
     else:
-        name = f"Instructor {instructor.name or instructor.email or instructor.sub}"
+        name = instructor_name(instructor)
     try:
         with transaction.atomic():
             job = ResyncJob.objects.create(
@@ -66,6 +72,7 @@ def start_resync(
                 obj=job,
                 institution=scope.institution,
                 changes={"scope": (None, scope.describe()), "grades": (None, estimated), "requested_by": (None, name)},
+                actor_name=name if acting_user is None else None,  # the instructor, not "system"
             )
     except IntegrityError:
         running = _same_scope(scope).filter(status__in=ACTIVE_JOB_STATUSES).first()
@@ -76,6 +83,11 @@ def start_resync(
         ) from None
     transaction.on_commit(lambda: _queue_job(job.pk), robust=True)
     return job
+
+
+def instructor_name(instructor: LtiUser) -> str:
+    """Who asked, as support needs it to find them in the LMS: "Ada Lovelace (instructor, LMS user id 42)"."""
+    return f"{instructor.name or instructor.email or 'An instructor'} (instructor, LMS user id {instructor.sub})"[:200]
 
 
 def _same_scope(scope: ResyncScope) -> QuerySet[ResyncJob]:
@@ -130,12 +142,37 @@ def request_course_resync(*, course: Course, instructor: LtiUser) -> CourseResyn
     )
 
 
+@dataclass(frozen=True)
+class CancelReport:
+    """What a cancel did to the job's grades: withdrawn before any worker took them, already in flight
+    (they finish, and are counted), and still retrying (the LMS has not taken them; retried until sent
+    or given up). The job itself is Cancelled at once either way."""
+
+    job_id: int
+    withdrawn: int
+    in_flight: int
+    retrying: int
+
+    @property
+    def message(self) -> str:
+        parts = [
+            ngettext("%(n)d queued grade withdrawn", "%(n)d queued grades withdrawn", self.withdrawn) % {"n": self.withdrawn},
+            ngettext("%(n)d already in flight (it finishes and is counted)",
+                     "%(n)d already in flight (they finish and are counted)", self.in_flight) % {"n": self.in_flight},
+            ngettext("%(n)d still retrying (the LMS has not taken it yet; it keeps retrying until sent or given up)",
+                     "%(n)d still retrying (the LMS has not taken them yet; they keep retrying until sent or given up)",
+                     self.retrying) % {"n": self.retrying},
+        ]
+        return f"Resync #{self.job_id} cancelled: " + "; ".join(parts) + "."
+
+
 @transaction.atomic
-def cancel_resync(*, job: ResyncJob, acting_user: AbstractBaseUser) -> int:
-    """Cancel a queued or running job. Returns how many queued deliveries were withdrawn.
+def cancel_resync(*, job: ResyncJob, acting_user: AbstractBaseUser) -> CancelReport:
+    """Cancel a queued or running job: it is Cancelled at once, and the report says what became of its grades.
 
     Planning stops before its next batch; deliveries that no worker has picked up and that carry
-    no newer live grade are withdrawn; the rest finish normally.
+    no newer live grade are withdrawn; the rest (sending now, or retrying, or carrying a live
+    grade) finish normally and are still counted on the job.
     """
     if not acting_user.has_perm(RESYNC_PERMISSION):
         raise PermissionDenied("Only Support staff cancel resyncs.")
@@ -145,18 +182,26 @@ def cancel_resync(*, job: ResyncJob, acting_user: AbstractBaseUser) -> int:
     withdrawn, _ = Delivery.objects.filter(
         resync_job=job, status=DeliveryStatus.PENDING, attempts=0, version=1
     ).delete()
+    left = Delivery.objects.filter(resync_job=job, status__in=OPEN_STATUSES).aggregate(
+        in_flight=Count("id", filter=Q(status=DeliveryStatus.SENDING)),
+        retrying=Count("id", filter=~Q(status=DeliveryStatus.SENDING)),
+    )
+    report = CancelReport(job.pk, withdrawn, left["in_flight"], left["retrying"])
     now = timezone.now()
     ResyncJob.objects.filter(pk=job.pk).update(
         status=ResyncJobStatus.CANCELLED, finished_at=now, skipped=F("skipped") + withdrawn,
-        message=f"Cancelled by {acting_user.get_username()}; {withdrawn} queued grades withdrawn.",
+        message=f"Cancelled by {acting_user.get_username()} at {now:%Y-%m-%d %H:%M:%S} UTC. {report.message}",
     )
     record_staff_change(
         actor=acting_user, action="resync.cancelled", obj=job, institution=job.institution,
-        changes={"status": (job.status, ResyncJobStatus.CANCELLED.value), "withdrawn": (None, withdrawn)},
+        changes={
+            "status": (job.status, ResyncJobStatus.CANCELLED.value), "withdrawn": (None, withdrawn),
+            "in_flight": (None, report.in_flight), "retrying": (None, report.retrying),
+        },
     )
     job.refresh_from_db()
     refresh_progress(job)
-    return withdrawn
+    return report
 
 
 @dataclass(frozen=True)
@@ -202,17 +247,20 @@ def refresh_progress(job: ResyncJob) -> Progress:
     return progress_of(job, pending=counts["pending"])
 
 
-PROGRESS_RECOUNT_SECONDS = 2
+def count_progress(job_id: int) -> str:
+    """Recount a job whose grades are landing (the sender queues this); returns its status, or "gone"."""
+    job = ResyncJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return "gone"
+    return refresh_progress(job).status
 
 
 def polled_progress(job: ResyncJob) -> Progress:
-    """The progress a page polls for: recounted at most every few seconds per job, whoever asks.
+    """The progress a page polls for: the stored counters, never a recount.
 
-    A recount reads the job's deliveries (~80 ms at 100k rows); every open tab polls each second,
-    and the database they load is the one the job's sends need. In between, the stored counters.
+    Every open tab polls each second, and the database they would load is the one the job's sends
+    need; the counters are written as the grades land (see the module's docstring).
     """
-    if job.is_active and cache.add(f"resync-progress:{job.pk}", 1, PROGRESS_RECOUNT_SECONDS):
-        return refresh_progress(job)
     return progress_of(job)
 
 

@@ -24,7 +24,10 @@ def sweep_resync_jobs(*, now: datetime.datetime | None = None) -> dict[str, int]
     and should the first task turn up after all, the two take turns harmlessly. A job that then
     makes no progress for RESTART_GRACE is marked failed with the reason, which frees its scope;
     what it planned is still sent. Planned jobs whose deliveries have all settled are marked
-    done. The system does this, not a staff member: nothing is audited; the job's message says it.
+    done: the sender writes Done as a job's last grade lands, so this catches the landings it did
+    not see (the sweeper giving up on a row, a row re-planned by another job, a worker stopped
+    between a send and its note). The system does this, not a staff member: nothing is audited;
+    the job's message says it.
     """
     now = now or timezone.now()
     counts = {"restarted": 0, "failed": 0, "done": 0}
@@ -37,15 +40,15 @@ def sweep_resync_jobs(*, now: datetime.datetime | None = None) -> dict[str, int]
         # Conditional on updated_at: a batch planned meanwhile wins.
         counts["failed"] += ResyncJob.objects.filter(pk=job.pk, status=job.status, updated_at=job.updated_at).update(
             status=ResyncJobStatus.FAILED, finished_at=now, updated_at=now,
-            message=f"Stopped by the system at {now:%Y-%m-%d %H:%M} UTC: planning stalled and made no progress in "
+            message=f"Stopped by the system at {now:%Y-%m-%d %H:%M:%S} UTC: planning stalled and made no progress in "
             f"the {_minutes(now - job.updated_at)} minutes after the system restarted it (its worker probably "
             f"keeps stopping). {what}. Start the resync again to send the rest.",
         )
     for job in unplanned.filter(updated_at__lt=now - STALLED_AFTER).exclude(message__startswith=_RESTARTED):
         if ResyncJob.objects.filter(pk=job.pk, status=job.status, updated_at=job.updated_at).update(
             updated_at=now,
-            message=f"{_RESTARTED}: no progress since {job.updated_at:%H:%M} UTC; the system restarted it at "
-            f"{now:%H:%M} UTC.",
+            message=f"{_RESTARTED}: no progress since {job.updated_at:%Y-%m-%d %H:%M:%S} UTC; the system restarted it at "
+            f"{now:%H:%M:%S} UTC.",
         ):
             counts["restarted"] += 1
             jobs._queue_job(job.pk)

@@ -176,7 +176,7 @@ class TestEachFailingRuleIsNamed:
             "learner", "launched_from_course", "within_course_dates", "graded_link", "line_item_bound",
             "deployment_accepts", "one_line_item", "deployment_scope",
         ]
-        assert diagnosis.next_steps[0].startswith("Nothing to do: the LMS accepted 60%")
+        assert diagnosis.next_steps[0].startswith("Nothing to do: the LMS accepted 12 / 20 (60 %)")  # its 20 points
 
 
 @pytest.mark.django_db
@@ -188,7 +188,7 @@ def test_attempts_show_which_one_the_policy_picks(world, client_for):
     diagnosis = response.context["diagnosis"]
     assert [row.result.score for row in diagnosis.attempts if row.picked] == [Decimal("0.9")]
     assert diagnosis.picked.pk == best.pk
-    assert "← sent by the policy" in response.content.decode()
+    assert "← picked by the policy" in response.content.decode()
     # A failed rule on another attempt does not hide the picked attempt's facts.
     assert diagnosis.rules_of.pk == best.pk
 
