@@ -137,10 +137,11 @@ def _csrf(text: str) -> str:
     return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', text).group(1)
 
 
-def _sandbox_people(url: str) -> dict[str, str]:
-    """The sandbox's users by name, as its home page lists them (name → id)."""
+def _sandbox_people(url: str) -> dict[str, tuple[str, str]]:
+    """The sandbox's users as its home page lists them: name → (id, their roles in courses)."""
     home = requests.get(f"{url}/sandbox-lms/", timeout=10).text
-    return {name: pk for name, pk in re.findall(r'<tr><td>([^<]+?) <small>.*?<button name="user" value="(\d+)"', home, re.S)}
+    rows = re.findall(r'<tr><td>([^<]+?) <small>[^<]*</small></td>\s*<td>([^<]*)</td>\s*<td><button name="user" value="(\d+)"', home)
+    return {name: (pk, courses) for name, courses, pk in rows}
 
 
 def _act_as(url: str, user_id: str) -> tuple[requests.Session, str]:
@@ -192,14 +193,14 @@ def _gradebook_scores(url: str, instructor: str) -> dict[str, float | None]:
 def test_make_run_retries_grades_after_the_lms_503_with_nobody_touching_them(embedded_run):
     url = embedded_run.url
     people = _sandbox_people(url)
-    students = sorted(name for name in people if "Learner" in name)
-    instructor = people[next(name for name in people if "Instructor" in name)]
-    assert len(students) == 3, people
+    students = sorted(name for name, (_, courses) in people.items() if "(Learner)" in courses)
+    instructor = next(pk for pk, courses in people.values() if "(Instructor)" in courses)
+    assert len(students) == 3, people  # the demo course's
     registration = re.search(r'href="/sandbox-lms/registrations/(\d+)/"', requests.get(f"{url}/sandbox-lms/", timeout=10).text).group(1)
 
     _set_faults(url, registration, error_rate="1")  # every AGS request (token, score) answered 503
     with ThreadPoolExecutor(max_workers=3) as pool:  # three students hand in at the same moment
-        shown = dict(zip(students, pool.map(lambda name: _finish_demo_quiz(url, people[name]), students)))
+        shown = dict(zip(students, pool.map(lambda name: _finish_demo_quiz(url, people[name][0]), students)))
 
     # Until the worker has tried every grade and holds no task: from then on only beat can wake them.
     deadline = time.monotonic() + 30
