@@ -18,6 +18,7 @@ from django.contrib.auth import logout
 from django.contrib.auth.signals import user_login_failed
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.translation import ngettext
 from django_otp import login as otp_login
 from django_otp.models import Device
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
@@ -107,7 +108,8 @@ def verify_code(request: HttpRequest, device: TOTPDevice, code: str, *, backup_a
     if not allowed:
         wait = ""
         if data and data.get("locked_until"):
-            wait = f" Wait {max(1, int((data['locked_until'] - timezone.now()).total_seconds()) + 1)} seconds, then"
+            seconds = max(1, int((data["locked_until"] - timezone.now()).total_seconds()) + 1)
+            wait = ngettext(" Wait %(n)d second, then", " Wait %(n)d seconds, then", seconds) % {"n": seconds}
         raise CodeRefused(f"Too many wrong codes in a row.{wait or ' Wait a moment, then'} enter the current code.")
     if not device.verify_token(code):
         user_login_failed.send(sender=__name__, credentials=credentials, request=request)

@@ -285,3 +285,18 @@ def test_the_lockout_page_counts_in_words(settings, db, limit, minutes, words):
     html = locked_out(request).content.decode()
     for text in words:
         assert text in html
+
+
+@pytest.mark.parametrize(("failures", "words"), [(1, "Wait 1 second, then"), (4, "Wait 8 seconds, then")])
+def test_the_code_step_counts_the_wait_in_words(client, staff_user, failures, words):
+    from django.utils import timezone
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    user = staff_user(SUPPORT)
+    device = TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
+    client.post(reverse("admin:login"), {"username": user.username, "password": "pw"})
+    # The device backs off 1 s, 2 s, 4 s, 8 s … after wrong codes in a row.
+    TOTPDevice.objects.filter(pk=device.pk).update(throttling_failure_count=failures,
+                                                   throttling_failure_timestamp=timezone.now())
+    page = client.post(reverse("admin:second_factor"), {"code": "123456"}).content.decode()
+    assert f"Too many wrong codes in a row. {words} enter the current code." in page
