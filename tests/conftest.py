@@ -1,6 +1,8 @@
 """Fixtures shared by the whole suite. Tests always have two institutions."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.contrib.auth.models import Group
 from django.core.cache import cache
@@ -8,7 +10,19 @@ from django.core.cache import cache
 from gradesync import ags
 from institutions.roles import INTEGRATION, READ_ONLY, SUPPORT
 
+from . import speed
 from .factories import InstitutionFactory
+
+if os.environ.get("TEST_SPEEDUPS", "1") == "1":  # TEST_SPEEDUPS=0 measures the suite without them
+    speed.install_fast_flush()
+    speed.install_key_pool()
+
+
+@pytest.fixture(autouse=True)
+def _pooled_keys():
+    speed.start_test()
+    yield
+    speed.end_test()
 
 
 @pytest.fixture(autouse=True)
