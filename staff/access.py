@@ -68,6 +68,10 @@ def role_names(user: Any) -> str:
 def refusal(user: Any, path: str, reason: str = "") -> str:
     """'This needs the Integration role. You are signed in as readonly (Read-only). Ask an administrator.'"""
     permission = permission_for_path(path)
+    if permission is not None and user.has_perm(".".join(permission)):
+        # The role is right but this object refuses (e.g. a deployment its courses protect): no one to ask for a role.
+        needed = "Your role may do this, but not to this item: its page says why."
+        return f"{needed} You are signed in as {user.get_username()} ({role_names(user)})."
     if permission is not None:
         roles = roles_holding(*permission)
         named = ", ".join(roles[:-1]) + " or " + roles[-1] if len(roles) > 1 else "".join(roles)

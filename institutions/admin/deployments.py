@@ -64,6 +64,18 @@ def suggested_institution(deployment: LtiDeployment) -> Institution | None:
     return owners[0] if len(owners) == 1 else None
 
 
+def kept_by_courses(courses: models.QuerySet) -> str:
+    """Why Delete is not offered: courses were launched through it, and Course.deployment protects it ("" if none)."""
+    count = courses.count()
+    if not count:
+        return ""
+    return ngettext(
+        "Not deletable: %(n)d course was launched through it, and its links and grades depend on it. Switch it off (is active) instead.",
+        "Not deletable: %(n)d courses were launched through it, and their links and grades depend on it. Switch it off (is active) instead.",
+        count,
+    ) % {"n": count}
+
+
 def assigned_message(count: int, institution: Institution, *, activated: bool) -> str:
     """"1 deployment assigned to North College and activated." / "3 deployments assigned to North College."."""
     if activated:
@@ -102,7 +114,13 @@ class DeploymentAdmin(AuditedAdminMixin, admin.ModelAdmin):
             *super().get_urls(),
         ]
 
+    def has_delete_permission(self, request: HttpRequest, obj: LtiDeployment | None = None) -> bool:
+        # Its courses protect it (Course.deployment is PROTECT): Delete would only end on "Cannot delete".
+        return super().has_delete_permission(request, obj) and (obj is None or not obj.courses.exists())
+
     def render_change_form(self, request: HttpRequest, context: dict, *args: Any, obj: Any = None, **kwargs: Any) -> HttpResponse:
+        if obj is not None and super().has_delete_permission(request, obj):
+            context["kept_by_courses"] = kept_by_courses(obj.courses.all())
         if obj is not None and is_pending(obj) and self.has_change_permission(request, obj):
             suggested = suggested_institution(obj)
             context["assign_suggested"] = suggested

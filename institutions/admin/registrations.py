@@ -23,10 +23,11 @@ from lti_tool.models import LtiDeployment, LtiRegistration
 from .. import services, tool_configuration
 from ..keys import fingerprint, public_pem
 from ..models import (
-    AuditEntry, Institution, LmsFamily, RegistrationInvitation, RegistrationProfile,
+    AuditEntry, Course, Institution, LmsFamily, RegistrationInvitation, RegistrationProfile,
 )
 from ..roles import INTEGRATION
 from .audit_trail import AuditedAdminMixin
+from .deployments import kept_by_courses
 
 
 # --- Registrations ----------------------------------------------------------------------------
@@ -428,7 +429,15 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
             kwargs["initial"] = [{"lms_family": preset.lms_family}]
         return kwargs
 
+    def has_delete_permission(self, request: HttpRequest, obj: LtiRegistration | None = None) -> bool:
+        # Its deployments' courses protect it (Course.deployment is PROTECT): Delete would only end on "Cannot delete".
+        return super().has_delete_permission(request, obj) and (
+            obj is None or not Course.objects.filter(deployment__registration=obj).exists()
+        )
+
     def render_change_form(self, request: HttpRequest, context: dict, *args: Any, obj: Any = None, **kwargs: Any) -> HttpResponse:
+        if obj is not None and super().has_delete_permission(request, obj):
+            context["kept_by_courses"] = kept_by_courses(Course.objects.filter(deployment__registration=obj))
         context["presets"] = tool_configuration.PRESETS
         context["for_institution"] = self._institution_from_query(request)
         preset = tool_configuration.PRESETS.get(request.GET.get("preset", ""))

@@ -191,6 +191,26 @@ def test_integration_is_offered_what_onboarding_needs(world, client_for):
     assert reverse("admin:institutions_registrationinvitation_add") in configuration.links
 
 
+def test_delete_is_offered_only_where_it_can_finish_and_its_absence_is_explained(world, client_for):
+    """Courses protect their deployment (and its registration): Delete there could only end on "Cannot delete"."""
+    client = client_for(INTEGRATION)
+    canvas, pending, course = world["canvas"], world["pending"], world["courses"][0]
+    registration_html, _ = offers(client, reverse("admin:lti_tool_ltiregistration_change", args=[canvas.pk]))
+    assert reverse("admin:lti_tool_ltiregistration_delete", args=[canvas.pk]) not in registration_html
+    assert "Not deletable: 2 courses were launched through it" in registration_html
+    used_html, _ = offers(client, reverse("admin:lti_tool_ltideployment_change", args=[course.deployment.pk]))
+    assert reverse("admin:lti_tool_ltideployment_delete", args=[course.deployment.pk]) not in used_html
+    assert "Not deletable: 1 course was launched through it" in used_html
+    refused = client.post(reverse("admin:lti_tool_ltideployment_delete", args=[course.deployment.pk]), {"post": "yes"})
+    assert refused.status_code == 403 and LtiDeployment.objects.filter(pk=course.deployment.pk).exists()
+    assert "Your role may do this, but not to this item: its page says why." in refused.content.decode()
+    pending_html, _ = offers(client, reverse("admin:lti_tool_ltideployment_change", args=[pending.pk]))
+    assert reverse("admin:lti_tool_ltideployment_delete", args=[pending.pk]) in pending_html
+    assert "Not deletable" not in pending_html
+    read_only_html, _ = offers(client_for(READ_ONLY), reverse("admin:lti_tool_ltiregistration_change", args=[canvas.pk]))
+    assert "Not deletable" not in read_only_html  # it may delete nothing anyway: no note to puzzle over
+
+
 def test_support_is_offered_the_support_desk_not_onboarding(world, client_for):
     html, _ = offers(client_for(SUPPORT), reverse("admin:index"))
     assert "Why didn't this grade sync?" in html and "Grade sync: health" in html
