@@ -9,6 +9,19 @@
         if (element && element.value) { $(element).val(null).trigger("change"); }
     });
 
+    // select2's combobox is labelled by its current value, empty until a choice: name it after the field's label.
+    function name(element) {
+        const label = document.querySelector(`label[for="${element.id}"]`);
+        const combobox = element.nextElementSibling && element.nextElementSibling.querySelector(".select2-selection");
+        if (label && combobox) {
+            const text = label.textContent.replace(/:\s*$/, "").trim();
+            combobox.setAttribute("aria-label", text);
+            combobox.removeAttribute("aria-labelledby");
+            const shown = combobox.querySelector(".select2-selection__rendered");  // its textbox role needs a name too
+            if (shown) { shown.setAttribute("aria-label", text); }
+        }
+    }
+
     function start(element) {
         $(element).select2({
             ajax: {
@@ -27,7 +40,7 @@
     }
 
     $(function () {
-        $("select.resync-autocomplete").each((i, element) => start(element));
+        $("select.resync-autocomplete").each((i, element) => { start(element); name(element); });
         // Another institution: its courses, learners and activities are others.
         $("#id_institution").on("change", () => clear(["id_course", "id_lti_user", "id_activity_key"]));
         // Another course: the activity chosen was the other course's.
