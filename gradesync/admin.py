@@ -15,7 +15,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext, gettext_lazy as _
+from django.utils.translation import gettext, gettext_lazy as _, ngettext
 from lti_tool.models import LtiUser
 
 from institutions.admin import GradePolicyForm, InstitutionAdmin
@@ -649,7 +649,8 @@ class ResyncJobAdmin(ReadOnlyAdmin):
                 try:
                     with transaction.atomic():
                         job = resync.start_resync(scope=scope, acting_user=request.user)
-                        self.log_addition(request, job, f"Resync requested: {scope.describe()} ({job.estimated} grades)")
+                        self.log_addition(request, job, f"Resync requested: {scope.describe()} (" + ngettext(
+                            "%(n)d grade", "%(n)d grades", job.estimated) % {"n": job.estimated} + ")")
                 except resync.ResyncRefused as refusal:
                     self.message_user(request, refusal_html(refusal), messages.ERROR)
                 else:

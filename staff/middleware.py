@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 from django.conf import settings
+from django.utils.translation import ngettext
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.views import redirect_to_login
@@ -48,7 +49,10 @@ class StaffIdleTimeoutMiddleware:
                 logout(request)
                 admin_login = reverse("admin:login")
                 if request.path.startswith(reverse("admin:index")) and request.path != admin_login:
-                    messages.warning(request, f"You were signed out after {minutes} minutes without activity. Sign in again.")
+                    messages.warning(request, ngettext(
+                        "You were signed out after %(n)d minute without activity. Sign in again.",
+                        "You were signed out after %(n)d minutes without activity. Sign in again.", minutes,
+                    ) % {"n": minutes})
                     return redirect_to_login(request.get_full_path(), admin_login)
             elif last_seen is None or now - last_seen >= WRITE_EVERY_SECONDS:
                 mark_active(request.session)

@@ -138,7 +138,10 @@ def request_course_resync(*, course: Course, instructor: LtiUser) -> CourseResyn
     except ResyncRefused as refusal:
         return CourseResyncRequest(started=False, message=str(refusal))
     return CourseResyncRequest(
-        started=True, job_id=job.pk, message=f"Resync started: {job.estimated} grades will be sent to the LMS again."
+        started=True, job_id=job.pk, message=ngettext(
+            "Resync started: %(n)d grade will be sent to the LMS again.",
+            "Resync started: %(n)d grades will be sent to the LMS again.", job.estimated,
+        ) % {"n": job.estimated}
     )
 
 
