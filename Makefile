@@ -35,9 +35,11 @@ run: venv
 	exec env $(EMBEDDED) HOST=$(HOST) PATH="$(abspath $(VENV))/bin:$$PATH" \
 		$(VENV)/bin/honcho start --env /dev/null --procfile Procfile.dev --port $(PORT)
 
-## Run the whole test suite (SQLite by default; PostgreSQL/Redis when DATABASE_URL/CELERY_BROKER_URL are set).
+## Run the whole test suite (SQLite by default; PostgreSQL/Redis when DATABASE_URL/CELERY_BROKER_URL are set),
+## one pytest-xdist worker per core (TEST_WORKERS=0 runs it in one process).
+TEST_WORKERS ?= auto
 test: venv node_modules
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --maxprocesses=6
 
 ## Production processes (set DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, DEBUG=False, ALLOWED_HOSTS).
 web: venv

@@ -13,6 +13,23 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # `celery_worker` fixture switches the app to the broker for its duration).
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER_OVERRIDE", "1") == "1"
 
+# pytest-xdist (`make test` runs one worker per core): each worker gets Redis databases of its own, since
+# tests clear the cache and start Celery workers; the test database is per worker already (test_…_gw0).
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER.startswith("gw") and _XDIST_WORKER[2:].isdigit():
+    import re as _re
+
+    def _own_redis_db(url: str, slot: int) -> str:
+        if not url.startswith("redis://"):
+            return url
+        base = _re.sub(r"/\d*$", "", url)
+        return f"{base}/{slot}"
+
+    _n = int(_XDIST_WORKER[2:])
+    CELERY_BROKER_URL = _own_redis_db(CELERY_BROKER_URL, 2 + 2 * _n)  # 2, 4, 6…; CI's own run uses 0 and 1
+    if CACHES["default"].get("BACKEND", "").endswith("RedisCache"):
+        CACHES["default"]["LOCATION"] = _own_redis_db(CACHES["default"]["LOCATION"], 3 + 2 * _n)
+
 if "CACHE_URL" not in os.environ and not CELERY_BROKER_URL.startswith("redis://"):
     # A file cache of this test run's own: concurrent runs must not clear each other's entries.
     CACHES = {
