@@ -39,7 +39,7 @@ run: venv
 ## one pytest-xdist worker per core (TEST_WORKERS=0 runs it in one process).
 TEST_WORKERS ?= auto
 test: venv node_modules
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --maxprocesses=6
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --maxprocesses=6 --durations=15
 
 ## Production processes (set DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY, DEBUG=False, ALLOWED_HOSTS).
 web: venv
