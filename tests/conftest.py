@@ -169,3 +169,15 @@ def pytest_sessionfinish(session, exitstatus):
     location = settings.CACHES["default"].get("LOCATION", "")
     if "/tests-" in str(location):
         shutil.rmtree(location, ignore_errors=True)
+
+
+# The longest tests (a real `make run`, Chromium walks) start first, so pytest-xdist's workers do not
+# end the run with one worker still on them while the others wait.
+SLOW_FIRST = ("tests/test_make_run.py", "tests/test_browser")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
