@@ -1,9 +1,10 @@
 """Two costs every test paid that say nothing about the product (profiled: docs/benchmarks.md § Test suite time).
 
 1. After each transactional test (every live-server test), Django flushes the database and re-sends
-   post_migrate: content types and ~200 permissions recreated row by row, the staff groups synced, and a
-   new 2048-bit tool key generated — about a second per test on this machine. Here the first flush of
-   the run does that for real and keeps a copy of the rows it made in the four auth/contenttype tables;
+   post_migrate: content types and ~200 permissions recreated row by row, and a new 2048-bit tool key
+   generated — about a second per test on this machine. Here the first flush of the run does that for
+   real, adds the staff groups the migrations made (a plain flush loses them), and keeps a copy of the
+   rows in the four auth/contenttype tables;
    later flushes put those rows back in four bulk INSERTs with the same ids, and then make the signing
    key the same way `migrate` does (`institutions.keys.ensure_signing_key`).
 2. RSA key generation (tool keys, sandbox platform keys, test forgers) costs 50–500 ms a key. Inside a
@@ -51,10 +52,14 @@ def emit_post_migrate_from_copy(verbosity: int, interactive: bool, db: str, **kw
     from django.contrib.contenttypes.models import ContentType
 
     from institutions.keys import ensure_signing_key
+    from institutions.roles import sync_staff_roles
 
     copied = _clean_rows.get(db)
     if copied is None:
         management_sql.emit_post_migrate_signal(verbosity, interactive, db, **kwargs)
+        # The staff groups, as migration institutions 0002 made them: a flush would otherwise leave the
+        # next tests (whichever order xdist gives them) without the roles the migrated database had.
+        sync_staff_roles(apps)
         _clean_rows[db] = _copy_clean_rows(db)
         return
     _put_back(db, copied)
