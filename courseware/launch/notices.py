@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ from gradesync import api as gradesync_api
 from institutions.services import record_context_copy_notice
 
 from ..models import Launch
-from .platform_keys import PlatformKeyError, platform_key
+from .platform_keys import decode_platform_token
 from .refusals import has_unsafe_characters, shown
 
 logger = logging.getLogger(__name__)
@@ -166,27 +165,10 @@ def verify_notice(token: Any) -> VerifiedNotice:
         raise NoticeRefused(f"A notice is larger than {MAX_TOKEN_CHARACTERS // 1024} KB.", status=413)
     header, unverified = _unverified(token)
     registration = _registration_for(unverified)
-    try:
-        key = platform_key(registration, header["kid"])
-    except PlatformKeyError as error:
-        raise NoticeRefused(str(error), status=401)
-    try:
-        claims = jwt.decode(
-            token, key, algorithms=["RS256"], audience=registration.client_id, issuer=registration.issuer,
-            leeway=IAT_LEEWAY_SECONDS, options={"require": ["exp", "iat", "iss", "aud"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise NoticeRefused("A notice has expired.", status=401)
-    except jwt.ImmatureSignatureError:
-        raise NoticeRefused("A notice was issued in the future (check the LMS clock).", status=401)
-    except jwt.InvalidSignatureError:
-        raise NoticeRefused("A notice's signature does not match the LMS's key (forged or altered).", status=401)
-    except jwt.MissingRequiredClaimError as error:
-        raise NoticeRefused(f"A notice lacks the required claim {error.claim!r}.", status=401)
-    except jwt.PyJWTError as error:
-        raise NoticeRefused(f"A notice is not valid: {shown(str(error), 200)[1:-1]}.", status=401)
-    if claims["iat"] < time.time() - MAX_NOTICE_AGE_SECONDS:
-        raise NoticeRefused("A notice is too old.", status=401)
+    claims = decode_platform_token(
+        token, header["kid"], registration, required=["exp", "iat", "iss", "aud"],
+        max_age=MAX_NOTICE_AGE_SECONDS, leeway=IAT_LEEWAY_SECONDS, refused=NoticeRefused, what="A notice",
+    )
     deployment = _deployment_for(registration, claims)
     notice_id, context_id, origins = _notice_facts(claims)
     return VerifiedNotice(deployment, notice_id, context_id, origins, claims)

@@ -22,6 +22,8 @@ import urllib3
 from django.core.cache import cache
 from lti_tool.models import LtiRegistration
 
+from .refusals import shown
+
 logger = logging.getLogger(__name__)
 
 # Trusted at least this long even when the platform says no-store: each launch must not refetch.
@@ -114,3 +116,36 @@ def platform_key(registration: LtiRegistration, kid: str) -> Any:
         if key is not None:
             return key
     raise PlatformKeyError(f"The LMS signed this launch with a key (kid {kid!r}) that it does not publish.")
+
+
+def decode_platform_token(
+    token: str, kid: Any, registration: LtiRegistration, *, required: list[str], max_age: int, leeway: int,
+    refused: Any, what: str, again: str = "",
+) -> dict[str, Any]:
+    """The verified claims of a JWT the platform signed for us (a launch's id_token, a PNS notice).
+
+    Every failure raises `refused(reason, status=…)`, the caller's own refusal, with `what` naming the token
+    ("The launch token", "A notice") and `again` telling the person what to do after an expiry.
+    """
+    try:
+        key = platform_key(registration, kid)
+    except PlatformKeyError as error:
+        raise refused(str(error), status=401)
+    try:
+        claims = jwt.decode(
+            token, key, algorithms=["RS256"], audience=registration.client_id, issuer=registration.issuer,
+            leeway=leeway, options={"require": required},
+        )
+    except jwt.ExpiredSignatureError:
+        raise refused(f"{what} has expired.{again}", status=401)
+    except jwt.ImmatureSignatureError:
+        raise refused(f"{what} was issued in the future (check the LMS clock).", status=401)
+    except jwt.InvalidSignatureError:
+        raise refused(f"{what}'s signature does not match the LMS's key (forged or altered).", status=401)
+    except jwt.MissingRequiredClaimError as error:
+        raise refused(f"{what} lacks the required claim {error.claim!r}.", status=401)
+    except jwt.PyJWTError as error:
+        raise refused(f"{what} is not valid: {shown(str(error), 200)[1:-1]}.", status=401)
+    if claims["iat"] < time.time() - max_age:
+        raise refused(f"{what} is too old.{again}", status=401)
+    return claims

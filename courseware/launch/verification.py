@@ -27,7 +27,7 @@ from pylti1p3.contrib.django import DjangoCacheDataStorage, DjangoMessageLaunch
 
 from .claims import check_claim_shapes
 from .login import asked_at_login
-from .platform_keys import PlatformKeyError, platform_key
+from .platform_keys import decode_platform_token
 from .refusals import LaunchRefused, has_unsafe_characters, posted_form, shown
 
 IAT_LEEWAY_SECONDS = 5
@@ -223,32 +223,11 @@ def verify_launch(request: HttpRequest) -> VerifiedLaunch:
     header, unverified = _unverified(id_token)
     _state(form, request)
     registration = _registration_for(unverified)
-    try:
-        key = platform_key(registration, header["kid"])
-    except PlatformKeyError as error:
-        raise LaunchRefused(str(error), status=401)
-    try:
-        claims = jwt.decode(
-            id_token,
-            key,
-            algorithms=["RS256"],
-            audience=registration.client_id,
-            issuer=registration.issuer,
-            leeway=IAT_LEEWAY_SECONDS,
-            options={"require": ["exp", "iat", "iss", "aud", "nonce"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise LaunchRefused("The launch token has expired. Launch again from the LMS.", status=401)
-    except jwt.ImmatureSignatureError:
-        raise LaunchRefused("The launch token was issued in the future (check the LMS clock).", status=401)
-    except jwt.InvalidSignatureError:
-        raise LaunchRefused("The launch token's signature does not match the LMS's key (forged or altered).", status=401)
-    except jwt.MissingRequiredClaimError as error:
-        raise LaunchRefused(f"The launch token lacks the required claim {error.claim!r}.", status=401)
-    except jwt.PyJWTError as error:
-        raise LaunchRefused(f"The launch token is not valid: {shown(str(error), 200)[1:-1]}.", status=401)
-    if claims["iat"] < time.time() - MAX_TOKEN_AGE_SECONDS:
-        raise LaunchRefused("The launch token is too old. Launch again from the LMS.", status=401)
+    claims = decode_platform_token(
+        id_token, header["kid"], registration, required=["exp", "iat", "iss", "aud", "nonce"],
+        max_age=MAX_TOKEN_AGE_SECONDS, leeway=IAT_LEEWAY_SECONDS, refused=LaunchRefused,
+        what="The launch token", again=" Launch again from the LMS.",
+    )
     _check_message(claims)
     check_claim_shapes(claims)
     message_launch = _message_launch(request)
