@@ -114,17 +114,8 @@ def audit_history_html(entries: list[AuditEntry]) -> str:
     )
 
 
-@admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["acted_at", "actor_name", "action", "object_repr", "institution", "change_summary"]
-    list_filter = ["action", "institution"]
-    list_select_related = ["institution"]
-    search_fields = ["actor_name", "object_repr", "action"]
-    date_hierarchy = "acted_at"
-    show_full_result_count = False
-    # The changes as text (change_text), not the stored JSON.
-    fields = ["acted_at", "actor", "actor_name", "action", "institution", "content_type", "object_id", "object_repr",
-              "change_summary"]
+class RecordOnlyAdmin(admin.ModelAdmin):
+    """Rows something else wrote (the audit trail, the LMS's notices): staff read them, never add, change or delete."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -134,6 +125,19 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(RecordOnlyAdmin):
+    list_display = ["acted_at", "actor_name", "action", "object_repr", "institution", "change_summary"]
+    list_filter = ["action", "institution"]
+    list_select_related = ["institution"]
+    search_fields = ["actor_name", "object_repr", "action"]
+    date_hierarchy = "acted_at"
+    show_full_result_count = False
+    # The changes as text (change_text), not the stored JSON.
+    fields = ["acted_at", "actor", "actor_name", "action", "institution", "content_type", "object_id", "object_repr",
+              "change_summary"]
 
     @admin.display(description=_("old → new"))
     def change_summary(self, entry: AuditEntry) -> str:

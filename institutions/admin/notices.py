@@ -1,19 +1,18 @@
 """The LMS's context copy notices (PNS), as received: read-only for staff (the LMS wrote them)."""
 from __future__ import annotations
 
-from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from ..models import ContextCopyNotice
+from .audit_trail import RecordOnlyAdmin
 
 
 @admin.register(ContextCopyNotice)
-class ContextCopyNoticeAdmin(admin.ModelAdmin):
+class ContextCopyNoticeAdmin(RecordOnlyAdmin):
     list_display = ["received_at", "context_id_on_platform", "origins", "course_link", "deployment"]
     list_select_related = ["course", "deployment"]
     search_fields = ["context_id_on_platform", "notice_id"]
@@ -21,15 +20,6 @@ class ContextCopyNoticeAdmin(admin.ModelAdmin):
     readonly_fields = fields
     show_full_result_count = False
     ordering = ["-received_at", "-id"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description=_("copied from (LMS ids)"))
     def origins(self, notice: ContextCopyNotice) -> str:
