@@ -20,7 +20,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from lti_tool.admin import LtiRegistrationAdmin as BaseLtiRegistrationAdmin
 from lti_tool.models import LtiDeployment, LtiRegistration
 
-from .. import services, tool_configuration
+from .. import handoff, services, tool_configuration
 from ..keys import fingerprint, public_pem
 from ..models import (
     AuditEntry, Course, Institution, LmsFamily, RegistrationInvitation, RegistrationProfile,
@@ -488,7 +488,7 @@ class RegistrationAdmin(AuditedAdminMixin, BaseLtiRegistrationAdmin):
             "deployment_ids": list(registration.deployments.values_list("deployment_id", flat=True)[:20]),
             "may_change": self.has_change_permission(request, registration),
             "base_url_warning": tool_configuration.base_url_warning(base_url),
-            "handoffs": tool_configuration.handoffs(base_url, registration, lms_family),
+            "handoffs": handoff.handoffs(base_url, registration, lms_family),
             "scopes": tool_configuration.TOOL_SCOPES,
             "custom_parameters": tool_configuration.custom_parameters(lms_family),
             "custom_parameters_text": tool_configuration.custom_parameters_text(lms_family),
