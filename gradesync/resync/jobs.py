@@ -39,8 +39,11 @@ def start_resync(
     scope: ResyncScope,
     acting_user: AbstractBaseUser | None = None,
     instructor: LtiUser | None = None,
+    estimated: int | None = None,
 ) -> ResyncJob:
     """Write a queued job for `scope`, audit it, and queue its planning after commit.
+
+    `estimated`: the scope's grade count when the caller has just previewed it (else counted here).
 
     Staff need `gradesync.resync_grades`; an instructor's request comes through
     `request_course_resync`, which checks the course is theirs. Raises ResyncRefused when a job
@@ -52,7 +55,8 @@ def start_resync(
     # A job whose deliveries have all settled is done, even if nobody has looked since.
     for active in _same_scope(scope).filter(status__in=ACTIVE_JOB_STATUSES):
         refresh_progress(active)
-    estimated = preview_resync(scope).grades
+    if estimated is None:
+        estimated = preview_resync(scope).grades
     if acting_user is not None:
         name = acting_user.get_username()
     else:

@@ -50,7 +50,7 @@ def change_policy_and_resync(
         if affected == 0:
             return PolicyChangeOutcome(changed=True)
         try:
-            job = start_resync(scope=scope, acting_user=acting_user)
+            job = start_resync(scope=scope, acting_user=acting_user, estimated=affected)
         except ResyncRefused as refusal:
             return PolicyChangeOutcome(changed=True, affected=affected, refusal=refusal)
         return PolicyChangeOutcome(changed=True, job=job, affected=job.estimated)
