@@ -18,11 +18,39 @@ What it does (everything on 127.0.0.1, every process it starts is stopped by pro
   delivery's `recorded_at` (written in the recording transaction) to the sandbox's receipt
   (`SandboxResult.updated_at`, written by the LMS when it stores the score);
 * phase 2, throughput: the workers stop consuming, a burst of outbox rows is written (bulk, as
-  record_result leaves them: pending, due now) and queued, then consuming resumes and completed
-  deliveries per second are measured until the burst is drained; CPU from /proc of the workers.
+  record_result leaves them: pending, due now) and its senders woken as record_result wakes them
+  after commit (`wake_senders`, in gradesync.wakeups or gradesync.sender), then consuming resumes
+  and completed deliveries per second are measured until the burst is drained; CPU from /proc of
+  the workers;
+* the ceiling, in the same run: the workers' consumers cancelled again (they are idle), a lean
+  pooled client in this process (`sandbox_bench._drive`: raw sockets and selectors) posts scores
+  straight to the same sandbox LMS process with the concurrency the pipeline was allowed —
+  registrations × in-flight keep-alive connections, one request in flight on each, each with its
+  registration's bearer token and line items (their students: each (line item, user) on one
+  connection, timestamps of now) — for `--ceiling-seconds` (10; 5 with --quick) after a 1 s
+  warm-up. Its tokens are written with the sandbox's token model, not requested: the sandbox's
+  `tokens_issued`, read before this phase anyway, stays the pipeline's `token_requests`.
 
-The last line is machine-readable:
-`bench: p50_ms=<n> p99_ms=<n> first_grade_p99_ms=<n> deliveries_per_s=<n> token_requests=<n> lost=<n>`
+The load average is logged at the start and at the end. The last line is machine-readable
+(`ratio` = deliveries_per_s / ceiling_post_per_s):
+`bench: p50_ms=<n> p99_ms=<n> first_grade_p99_ms=<n> deliveries_per_s=<n> token_requests=<n> lost=<n> ceiling_post_per_s=<n> ratio=<n.nn>`
+
+With --slow-lms (`make bench BENCH_ARGS=--slow-lms`) it measures instead whether the senders keep a
+slow LMS's in-flight limit busy: one registration, --in-flight 4, the sandbox's `latency_ms` fault
+at --latency-ms 75, so the bound is in_flight × 1000 / latency_ms = 53.3 scores/s:
+
+* live: `record_result` at --rate 80/s for --seconds 20 (recorder threads as phase 1), faster than
+  the LMS can take them, so a backlog stands from the first send to the last; live_per_s is the
+  deliveries sent over that window, (sent − 1) / (last sent_at − first sent_at); the steady middle
+  (10th to 90th percentile of the sends) is logged too;
+* resync: the rest of the cells get an eligible result (no delivery) and a Support user starts the
+  institution's resync (`gradesync.resync.start_resync`) over every cell (≈ 2,000 grades by
+  default); resync_per_s is the job's sent grades / (last sent_at − job created_at);
+* the lean client's ceiling at the same 4 connections and 75 ms.
+
+Its last line: `slow_lms: latency_ms=75 in_flight=4 bound_per_s=53.3 ceiling_post_per_s=<n>
+live_per_s=<n> live_ratio=<n.nn> resync_per_s=<n> resync_ratio=<n.nn>` (ratios against bound_per_s;
+the issue's target is ≥ 0.90).
 """
 from __future__ import annotations
 
@@ -31,6 +59,7 @@ import datetime
 import itertools
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -483,17 +512,111 @@ def write_burst(cells: list[Cell], tag: str) -> list[int]:
     return ids
 
 
-def publish(ids: list[int]) -> None:
-    """One task per row, with its registration's id, as record_result queues them after commit."""
-    from config.celery import app
+def wake_senders():
+    """Grade sync's `wake_senders(rows)`, rows (delivery id, registration id, is resync): in
+    gradesync.wakeups when it exists (where the ledger's after-commit wake-up moved), else gradesync.sender."""
+    try:
+        from gradesync.wakeups import wake_senders as wake
+    except ImportError:
+        from gradesync.sender import wake_senders as wake
+    return wake
 
+
+def publish(ids: list[int]) -> int:
+    """Wake the burst's senders as record_result does after commit: `wake_senders` with the rows'
+    (delivery id, registration id, is resync), in the burst's order. Returns the tasks queued."""
     from gradesync.models import Delivery
 
-    registrations = dict(Delivery.objects.filter(pk__in=ids).values_list("pk", "registration_id"))
-    task = app.tasks["gradesync.deliver_grade"]
-    with app.producer_or_acquire() as producer:
-        for delivery_id in ids:
-            task.apply_async(args=[delivery_id, registrations[delivery_id]], queue="grades", producer=producer)
+    rows = {pk: (pk, registration_id, is_resync) for pk, registration_id, is_resync in
+            Delivery.objects.filter(pk__in=ids).values_list("pk", "registration_id", "is_resync")}
+    return wake_senders()([rows[pk] for pk in ids])
+
+
+# --- The ceiling: a lean pooled client straight to the sandbox LMS ------------------------------
+
+
+def scores_path(line_item_url: str) -> str:
+    """The path (and query: Moodle's type_id) of a line item's /scores endpoint."""
+    parts = urlsplit(line_item_url)
+    return parts.path + "/scores" + (f"?{parts.query}" if parts.query else "")
+
+
+def mint_tokens(regs: list[dict]) -> list[str]:
+    """A bearer token (score scope, an hour) per sandbox registration for the lean client, written with
+    the sandbox's own token model as its token endpoint writes it — but not through the endpoint, so
+    the registration's `tokens_issued` (the pipeline's `token_requests`) does not count it."""
+    from django.utils import timezone
+
+    from sandbox_lms.models import SandboxToken
+    from sandbox_lms.protocol import SCOPE_SCORE
+
+    tokens = []
+    for reg in regs:
+        token = secrets.token_urlsafe(32)
+        SandboxToken.objects.create(
+            registration=reg["sandbox"], deployment_id="", token=token, jti=f"ceiling-{uuid.uuid4().hex}",
+            scopes=SCOPE_SCORE, expires_at=timezone.now() + datetime.timedelta(hours=1),
+        )
+        tokens.append(token)
+    return tokens
+
+
+def ceiling_connections(regs: list[dict], cells: list[Cell], tokens: list[str],
+                        per_registration: int) -> list[tuple[str, list[tuple[str, str]]]]:
+    """`per_registration` connections per registration, each with its registration's token and cells
+    of its own: the registration's line items dealt round-robin (a connection posts to its own line
+    items' /scores, for every student of the course), or, with fewer line items than connections,
+    the cells themselves. Each (line item, user) is on one connection only: its timestamps increase."""
+    connections = []
+    for r, token in enumerate(tokens):
+        by_item: dict[str, list[str]] = {}
+        for c in cells:
+            if c.registration == r:
+                by_item.setdefault(c.line_item_url, []).append(c.lti_user.sub)
+        items = sorted(by_item.items())
+        groups: list[list[tuple[str, str]]] = [[] for _ in range(per_registration)]
+        if len(items) >= per_registration:
+            for i, (url, users) in enumerate(items):
+                groups[i % per_registration].extend((scores_path(url), user) for user in users)
+        else:
+            flat = [(scores_path(url), user) for url, users in items for user in users]
+            for i, cell in enumerate(flat):
+                groups[i % per_registration].append(cell)
+        connections.extend((token, group) for group in groups if group)
+    return connections
+
+
+def measure_ceiling(port: int, regs: list[dict], cells: list[Cell], *, per_registration: int, seconds: float,
+                    warmup: float = 1.0, sandbox_process: subprocess.Popen | None = None, database: str = "") -> dict:
+    """Scores/s the sandbox LMS process accepts from the lean client at the pipeline's concurrency.
+
+    Call it with the workers idle (their consumers cancelled). Returns {"rate", "connections",
+    "errors", "ok"}; logs `ceiling: N POST/s accepted (C connections, E non-200)`, and the CPU of
+    the client (this process), the sandbox and the database's backends over warm-up and count."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from sandbox_bench import _drive
+
+    tokens = mint_tokens(regs)
+    connections = ceiling_connections(regs, cells, tokens, per_registration)
+    own0, sandbox0, pg0 = time.process_time(), sandbox_cpu(sandbox_process) if sandbox_process else 0.0, \
+        postgres_cpu(database) if database else 0.0
+    counts = _drive(port, connections, seconds, warmup)
+    span = warmup + seconds
+    own, sandbox, pg = time.process_time() - own0, (sandbox_cpu(sandbox_process) - sandbox0) if sandbox_process else 0.0, \
+        (postgres_cpu(database) - pg0) if database else 0.0
+    rate = counts["ok"] / counts["elapsed"]
+    log(f"ceiling: {rate:.0f} POST/s accepted ({counts['connections']} connections, {counts['errors']} non-200)"
+        f" — lean client, {warmup:g} s warm-up ({counts['warmup_ok']} accepted, {counts['warmup_errors']} non-200)"
+        f" then {seconds:g} s counted; CPU in cores: client {own / span:.2f}"
+        + (f", sandbox LMS {sandbox / span:.2f}" if sandbox_process else "")
+        + (f", PostgreSQL backends {pg / span:.2f}" if database else "")
+        + f" (of {os.cpu_count()})")
+    return {"rate": rate, "connections": counts["connections"], "errors": counts["errors"], "ok": counts["ok"]}
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def token_requests(regs: list[dict]) -> list[int]:
@@ -519,18 +642,24 @@ def reset_database() -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short phases (about 2 minutes in all)")
-    parser.add_argument("--registrations", type=int, default=4)
-    parser.add_argument("--courses", type=int, default=10, help="courses per registration")
-    parser.add_argument("--students", type=int, default=30, help="students per registration (enrolled in each course)")
-    parser.add_argument("--activities", type=int, default=4, help="graded activities per course, phase 1")
+    parser.add_argument("--slow-lms", action="store_true",
+                        help="instead of phases 1/2: a slow LMS (--latency-ms) driven live and in a resync (see above)")
+    parser.add_argument("--latency-ms", type=float, default=75.0, help="with --slow-lms: the sandbox's latency_ms fault")
+    parser.add_argument("--ceiling-seconds", type=float, default=None, help="lean client's counted seconds (10; 5 with --quick)")
+    parser.add_argument("--registrations", type=int, default=None, help="4 (--slow-lms: 1)")
+    parser.add_argument("--courses", type=int, default=None, help="courses per registration: 10 (--slow-lms: 2)")
+    parser.add_argument("--students", type=int, default=None,
+                        help="students per registration (enrolled in each course): 30 (--slow-lms: 50)")
+    parser.add_argument("--activities", type=int, default=None,
+                        help="graded activities per course: phase 1's 4 (--slow-lms: 20 in all, 10 with --quick)")
     parser.add_argument("--profile", default="canvas", choices=["canvas", "moodle", "generic"])
-    parser.add_argument("--rate", type=float, default=100.0, help="results per second in phase 1")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of phase 1")
+    parser.add_argument("--rate", type=float, default=None, help="results per second in phase 1: 100 (--slow-lms: 80)")
+    parser.add_argument("--seconds", type=float, default=None, help="length of phase 1: 30 (--slow-lms: 20; --quick: ≤ 10)")
     parser.add_argument("--burst", type=int, default=24000, help="deliveries in the throughput burst (phase 2)")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
     parser.add_argument("--concurrency", type=int, default=24, help="threads per Celery worker")
     parser.add_argument("--prefetch", type=int, default=8, help="worker_prefetch_multiplier")
-    parser.add_argument("--in-flight", type=int, default=8, help="max_requests_in_flight per registration")
+    parser.add_argument("--in-flight", type=int, default=None, help="max_requests_in_flight per registration: 8 (--slow-lms: 4)")
     parser.add_argument("--sandbox-workers", type=int, default=2)
     parser.add_argument("--sandbox-threads", type=int, default=8, help="threads per sandbox worker (gthread)")
     parser.add_argument("--sandbox-class", default="gevent", choices=["gevent", "gthread"],
@@ -540,10 +669,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--logs", default=str(ROOT / ".cache" / "bench"), help="where process logs go")
     parser.add_argument("--profile-workers", action="store_true", help="py-spy record the worker in phase 1 and phase 2 (logs/worker-phase1.txt, worker.txt)")
     args = parser.parse_args(argv)
-    if args.quick:
+    quick = args.quick
+    defaults = (
+        {"registrations": 1, "courses": 2, "students": 50, "activities": 10 if quick else 20, "rate": 80.0,
+         "seconds": 20.0, "in_flight": 4} if args.slow_lms else
+        {"registrations": 4, "courses": 5 if quick else 10, "students": 30, "activities": 4, "rate": 100.0,
+         "seconds": 30.0, "in_flight": 8}
+    )
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.ceiling_seconds is None:
+        args.ceiling_seconds = 5.0 if quick else 10.0
+    if quick:
         args.seconds = min(args.seconds, 10.0)
         args.burst = min(args.burst, 6000)
         args.courses = min(args.courses, 5)
+    if args.slow_lms and args.latency_ms <= 0:
+        parser.error("--slow-lms needs --latency-ms > 0")
     return args
 
 
@@ -564,27 +707,40 @@ def require_services() -> tuple[str, str]:
     return database_url, broker_url
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def setup_services(redis_db: int, suffix: str = "_bench") -> tuple[str, dict[str, str]]:
+    """The run's own database (`<name><suffix>`, created, migrated, emptied of earlier runs' rows) and
+    Redis dbs (`redis_db` for the broker, the next for the cache; both emptied); Django pointed at them.
+    Returns (the database's URL, the environment for child processes)."""
     database_url, broker_url = require_services()
-    started_at = time.monotonic()
-    bench_db = derived_database_url(database_url, "_bench")
-    log(f"database {urlsplit(bench_db).path.lstrip('/')}, Redis dbs {args.redis_db}/{args.redis_db + 1}")
-    bench_name = urlsplit(bench_db).path.lstrip("/")
+    bench_db = derived_database_url(database_url, suffix)
+    log(f"database {urlsplit(bench_db).path.lstrip('/')}, Redis dbs {redis_db}/{redis_db + 1}")
     prepare_database(bench_db)
-    env = configure_django(bench_db, redis_url(broker_url, args.redis_db), redis_url(broker_url, args.redis_db + 1))
+    env = configure_django(bench_db, redis_url(broker_url, redis_db), redis_url(broker_url, redis_db + 1))
     migrate()
     reset_database()
     from django.core.cache import cache
-
-    from config.celery import app
 
     cache.clear()
     # The broker db is this script's own: empty it (app.control.purge() would empty only the default
     # queue, and tasks an earlier run left on `grades` would be worked through before this run's).
     import redis
 
-    redis.Redis.from_url(redis_url(broker_url, args.redis_db)).flushdb()
+    redis.Redis.from_url(redis_url(broker_url, redis_db)).flushdb()
+    return bench_db, env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    require_services()
+    started_at = time.monotonic()
+    load_start = load_average()
+    log(f"load average at the start: {load_start} (1, 5, 15 min; {os.cpu_count()} cores)")
+    if args.slow_lms:
+        return slow_lms_main(args, started_at, load_start)
+    bench_db, env = setup_services(args.redis_db)
+    bench_name = urlsplit(bench_db).path.lstrip("/")
+    from config.celery import app
+
     processes = Processes(Path(args.logs))
     tag = uuid.uuid4().hex[:6]
     try:
@@ -637,8 +793,9 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
         t0 = time.monotonic()
         burst_ids = write_burst(burst_cells, tag)
-        publish(burst_ids)
-        log(f"burst: {len(burst_ids)} outbox rows written and queued in {time.monotonic() - t0:.1f} s")
+        woken = publish(burst_ids)
+        log(f"burst: {len(burst_ids)} outbox rows written and {woken} sender tasks queued (wake_senders) "
+            f"in {time.monotonic() - t0:.1f} s")
         spy = None
         if args.profile_workers:
             spy = subprocess.Popen(
@@ -675,14 +832,142 @@ def main(argv: list[str] | None = None) -> int:
         tokens = token_requests(regs)
         log(f"token requests per registration: {tokens}; delivery statuses: {statuses}")
         lost = lost1 + lost2
-        log(f"total {time.monotonic() - started_at:.0f} s; logs in {args.logs}")
+
+        # The ceiling: the lean client at the pipeline's concurrency, the workers idle.
+        app.control.cancel_consumer("grades", reply=True)
+        ceiling = measure_ceiling(port, regs, cells, per_registration=args.in_flight, seconds=args.ceiling_seconds,
+                                  sandbox_process=sandbox_process, database=bench_name)
+        ratio = rate / ceiling["rate"] if ceiling["rate"] else float("nan")
+        log(f"pipeline {rate:.0f} deliveries/s against the ceiling {ceiling['rate']:.0f} POST/s: ratio {ratio:.2f} "
+            f"(target ≥ 0.5)")
+        log(f"total {time.monotonic() - started_at:.0f} s; logs in {args.logs}; load average at the start {load_start}, "
+            f"at the end {load_average()}")
         print(
             f"bench: p50_ms={percentile(to_lms, 50):.0f} p99_ms={percentile(to_lms, 99):.0f} "
             f"first_grade_p99_ms={percentile(first, 99):.0f} deliveries_per_s={rate:.0f} "
-            f"token_requests={sum(tokens)} lost={lost}",
+            f"token_requests={sum(tokens)} lost={lost} ceiling_post_per_s={ceiling['rate']:.0f} ratio={ratio:.2f}",
             flush=True,
         )
         return 0
+    finally:
+        processes.stop_all()
+
+
+# --- --slow-lms ---------------------------------------------------------------------------------
+
+
+def slow_lms_main(args: argparse.Namespace, started_at: float, load_start: str) -> int:
+    """A slow LMS: does the pipeline keep its in-flight limit busy, live and in a resync?"""
+    bench_db, env = setup_services(args.redis_db)
+    from django.contrib.auth import get_user_model
+    from django.db.models import Count, Max, Min
+
+    from config.celery import app
+    from gradesync import resync
+    from gradesync.models import Delivery, DeliveryStatus, ResyncJob
+    from sandbox_lms import api as sandbox
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_resync
+
+    ResyncJob.objects.all().delete()  # earlier runs' (their institutions are gone from the sandbox anyway)
+
+    bound = args.registrations * args.in_flight * 1000 / args.latency_ms
+    processes = Processes(Path(args.logs))
+    tag = uuid.uuid4().hex[:6]
+    try:
+        port = free_port()
+        sandbox_process = start_sandbox(processes, env, port=port, workers=args.sandbox_workers,
+                                        threads=args.sandbox_threads, worker_class=args.sandbox_class)
+        regs, cells = seed(
+            port=port, registrations=args.registrations, courses=args.courses, students=args.students,
+            activities=args.activities, profile=args.profile, in_flight=args.in_flight, tag=tag,
+        )
+        for reg in regs:  # before the workers start: every request of the run meets the latency
+            sandbox.set_faults(registration=reg["sandbox"], latency_ms=args.latency_ms)
+        cells.sort(key=lambda c: (c.lti_user.pk * 7919 + c.course.pk * 104729 + hash(c.activity_key)) % 1000003)
+        live_cells = cells[: int(args.rate * args.seconds)]
+        rest = cells[len(live_cells):]
+        names = [f"slow-{tag}-w{n}" for n in range(args.workers)]
+        for n in names:
+            start_worker(processes, env, name=n, concurrency=args.concurrency, prefetch=args.prefetch)
+        wait_for_workers(names)
+        log(f"slow LMS: {args.registrations} registration(s) × {args.courses} courses × {args.students} students × "
+            f"{args.activities} activities = {len(cells)} cells; the sandbox answers after {args.latency_ms:g} ms; "
+            f"{args.in_flight} in flight per registration: bound {bound:.1f} scores/s; "
+            f"{args.workers} worker(s) × {args.concurrency} threads")
+
+        # (a) live: recorded faster than the LMS takes them.
+        from django.utils import timezone
+
+        recorded_from, recording_began = time.monotonic(), timezone.now()
+        results = record_at_rate(live_cells, rate=args.rate, seconds=args.seconds, threads=args.recorder_threads, tag=tag)
+        recorded_for, recording_ended = time.monotonic() - recorded_from, timezone.now()
+        drain_timeout = len(live_cells) / (0.25 * bound) + 60
+        drained = wait_drained(None, drain_timeout)
+        sent_at = sorted(Delivery.objects.filter(result_id__in=list(results.values()), status=DeliveryStatus.SENT)
+                         .values_list("sent_at", flat=True))
+        live_lost = len(results) - len(sent_at)
+        live_rate = mid_rate = float("nan")
+        if len(sent_at) >= 2:
+            span = (sent_at[-1] - sent_at[0]).total_seconds()
+            live_rate = (len(sent_at) - 1) / span if span else float("nan")
+            i10, i90 = int(0.1 * (len(sent_at) - 1)), int(0.9 * (len(sent_at) - 1))
+            mid_span = (sent_at[i90] - sent_at[i10]).total_seconds()
+            mid_rate = (i90 - i10) / mid_span if mid_span else float("nan")
+            log(f"live: {len(sent_at)}/{len(results)} sent ({'drained' if drained else 'NOT drained'}); "
+                f"first → last sent {span:.1f} s = {live_rate:.1f}/s, the window a backlog stands (the first grade "
+                f"was sent {(sent_at[0] - recording_began).total_seconds():.1f} s after recording began, the last "
+                f"{(sent_at[-1] - recording_ended).total_seconds():.1f} s after it ended); steady middle, 10th → 90th "
+                f"percentile of sends: {mid_rate:.1f}/s")
+        if len(results) / max(recorded_for, 1e-9) < bound:
+            log(f"live: WARNING the recorder reached {len(results) / recorded_for:.1f}/s, below the bound "
+                f"{bound:.1f}/s: no standing backlog, live_per_s measures the recorder")
+
+        # (b) resync: every cell, the live ones again and the rest with a fresh eligible result.
+        bench_resync._record_results(rest, tag)
+        institution = regs[0]["institution"]
+        support, _ = get_user_model().objects.get_or_create(
+            username=f"bench-support-{tag}", defaults={"is_staff": True, "is_superuser": True})
+        job = resync.start_resync(scope=resync.ResyncScope(institution=institution), acting_user=support)
+        created = job.created_at
+        log(f"resync job #{job.pk} started: {job.estimated} grades estimated")
+        deadline = time.monotonic() + (job.estimated or len(cells)) / (0.25 * bound) + 60
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            job.refresh_from_db()
+            if not resync.refresh_progress(job).active:
+                break
+        job.refresh_from_db()
+        ends = Delivery.objects.filter(resync_job=job, status=DeliveryStatus.SENT).aggregate(
+            first=Min("sent_at"), last=Max("sent_at"), n=Count("id"))
+        statuses = dict(Delivery.objects.filter(resync_job=job).values_list("status").annotate(n=Count("id")))
+        resync_rate = float("nan")
+        if ends["last"]:
+            seconds = (ends["last"] - created).total_seconds()
+            resync_rate = ends["n"] / seconds
+            log(f"resync: job {job.status}, {ends['n']} sent of {job.estimated} (statuses {statuses}); created → last "
+                f"sent {seconds:.1f} s = {resync_rate:.1f}/s; first → last sent "
+                f"{(ends['last'] - ends['first']).total_seconds():.1f} s")
+        else:
+            log(f"resync: job {job.status}, nothing sent (statuses {statuses})")
+
+        # The lean client at the same connections and latency, the workers idle.
+        app.control.cancel_consumer("grades", reply=True)
+        app.control.cancel_consumer("resync", reply=True)
+        ceiling = measure_ceiling(port, regs, cells, per_registration=args.in_flight, seconds=args.ceiling_seconds,
+                                  sandbox_process=sandbox_process, database=urlsplit(bench_db).path.lstrip("/"))
+        tokens = token_requests(regs)
+        log(f"token requests per registration: {tokens}; live lost {live_lost}")
+        log(f"total {time.monotonic() - started_at:.0f} s; logs in {args.logs}; load average at the start {load_start}, "
+            f"at the end {load_average()}")
+        print(
+            f"slow_lms: latency_ms={args.latency_ms:g} in_flight={args.in_flight} bound_per_s={bound:.1f} "
+            f"ceiling_post_per_s={ceiling['rate']:.1f} live_per_s={live_rate:.1f} live_ratio={live_rate / bound:.2f} "
+            f"resync_per_s={resync_rate:.1f} resync_ratio={resync_rate / bound:.2f}",
+            flush=True,
+        )
+        return 0 if drained and live_lost == 0 and job.status == "done" else 1
     finally:
         processes.stop_all()
 

@@ -29,8 +29,12 @@ delivery finished, deliveries/s, the job's counters, and what the LMS holds:
         .venv/bin/python scripts/bench_resync.py --deliver --registrations 4 --courses 25 --students 100 --activities 10
 
 It uses a database `<name>_deliver` (emptied of earlier runs' rows) and Redis dbs --redis-db and
-the next one. The last line is machine-readable:
-`bench_resync: grades=<n> seconds=<n> deliveries_per_s=<n> sent=<n> refused=<n> failed=<n> lost=<n>`.
+the next one. It prints `bench_resync: grades=<n> seconds=<n> deliveries_per_s=<n> sent=<n>
+refused=<n> failed=<n> lost=<n> status=<s>`, then, last, a machine-readable line against the bound
+the in-flight limits set, bound_per_s = registrations × in_flight × 1000 / latency_ms (ratio =
+grades_per_s / bound_per_s; duplicates = score POSTs the LMS accepted beyond the grades sent; the
+1-minute load average when the script started and when it ended):
+`resync: grades=<n> seconds=<n> grades_per_s=<n> duplicates=<n> bound_per_s=<n> ratio=<n.nn> load_start=<n> load_end=<n>`
 """
 from __future__ import annotations
 
@@ -309,6 +313,9 @@ def deliver_main(args: argparse.Namespace) -> int:
     import bench_delivery as bench
 
     database_url, broker_url = bench.require_services()
+    load_start = os.getloadavg()
+    bench.log(f"load average at the start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} "
+              f"({os.cpu_count()} cores)")
     bench_db = bench.derived_database_url(database_url, "_deliver")
     bench.log(f"database {urlsplit(bench_db).path.lstrip('/')}, Redis dbs {args.redis_db}/{args.redis_db + 1}")
     bench.prepare_database(bench_db)
@@ -444,8 +451,20 @@ def deliver_main(args: argparse.Namespace) -> int:
                   f"{machine / max(job.sent, 1) * 1000:.1f} ms of CPU per grade in all"
                   + (f"; {vacuum.runs} vacuums" if vacuum else ""))
         lost = grades - job.sent - job.refused - job.failed - job.skipped
+        grades_per_s = job.sent / seconds
+        bound = args.registrations * args.in_flight * 1000 / args.latency_ms if args.latency_ms > 0 else float("inf")
+        ratio = grades_per_s / bound
+        duplicates = posts - job.sent
+        load_end = os.getloadavg()
+        bench.log(f"against the in-flight bound {args.registrations} registrations × {args.in_flight} in flight × "
+                  f"1000 / {args.latency_ms:g} ms = {bound:.1f}/s: {grades_per_s:.1f} grades/s, ratio {ratio:.2f}; "
+                  f"load average {load_start[0]:.2f} at the start of the script, "
+                  f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at the end")
         print(f"bench_resync: grades={grades} seconds={seconds:.1f} deliveries_per_s={job.sent / seconds:.0f} "
               f"sent={job.sent} refused={job.refused} failed={job.failed} lost={lost} status={job.status}", flush=True)
+        print(f"resync: grades={grades} seconds={seconds:.1f} grades_per_s={grades_per_s:.1f} duplicates={duplicates} "
+              f"bound_per_s={bound:.1f} ratio={ratio:.2f} load_start={load_start[0]:.2f} load_end={load_end[0]:.2f}",
+              flush=True)
         return 0 if job.status == "done" and lost == 0 and matching == len(cells) else 1
     finally:
         processes.stop_all()

@@ -10,7 +10,7 @@ gunicorn sets TCP_NODELAY on its sockets), obtains an access token over HTTP, th
 keep-alive connections (TCP_NODELAY) from lean client processes (raw sockets multiplexed with
 `selectors`) for a bounded time and prints the accepted scores per second, the CPU split between
 server, PostgreSQL and load generator, and checks every accepted score has its request-log entry.
-Only 127.0.0.1 is contacted.
+Only 127.0.0.1 is contacted. The client, `_drive`, is also scripts/bench_delivery.py's ceiling.
 """
 from __future__ import annotations
 
@@ -104,44 +104,79 @@ _BODY = (
 )
 
 
-def _drive(port: int, path: str, token: str, user_groups: list[list[str]], seconds: float) -> dict:
-    """One keep-alive connection per user group, one request in flight on each, multiplexed with
-    `selectors` in this process (a lean client: the load generator shares the server's cores).
-    Each user is only ever sent on its own connection, so its timestamps increase."""
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/vnd.ims.lis.v1.score+json\r\nUser-Agent: sandbox-bench\r\n"
-        "Connection: keep-alive\r\nContent-Length: "
-    ).encode()
+def _drive(port: int, connections: list[tuple[str, list[tuple[str, str]]]], seconds: float,
+           warmup: float = 0.0) -> dict:
+    """A lean pooled client: one keep-alive connection (TCP_NODELAY) per entry of `connections`,
+    one request in flight on each, multiplexed with `selectors` in this one process (the load
+    generator shares the server's cores).
+
+    `connections`: [(bearer token, [(scores path, user id), …]), …]. A connection goes round its
+    own cells — a cell is a (line item, user): its scores path (with any query, e.g. Moodle's
+    type_id) and the LMS's user id — with a timestamp of now each time; give every cell to one
+    connection only, so each cell's timestamps increase.
+
+    The first `warmup` seconds are not counted; then answers received during `seconds` are:
+    returns {"ok": 200 answers in the window, "errors": other answers or closed connections in
+    the window, "warmup_ok", "warmup_errors", "elapsed": the window, "connections"}. Sending stops
+    at the end of the window; answers still outstanding are awaited (at most 10 s) and not counted.
+    """
+    heads: dict[tuple[str, str], bytes] = {}
+
+    def head_for(path: str, token: str) -> bytes:
+        head = heads.get((path, token))
+        if head is None:
+            head = heads[(path, token)] = (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/vnd.ims.lis.v1.score+json\r\nUser-Agent: sandbox-bench\r\n"
+                "Connection: keep-alive\r\nContent-Length: "
+            ).encode()
+        return head
+
     selector = selectors.DefaultSelector()
-    counts = {"ok": 0, "errors": 0}
+    counts = {"ok": 0, "errors": 0, "warmup_ok": 0, "warmup_errors": 0}
     states = []
-    stop_at = time.monotonic() + seconds
 
     def send(state: dict) -> None:
-        users = state["users"]
+        cells = state["cells"]
         state["n"] += 1
         n = state["n"]
+        path, user = cells[n % len(cells)]
         stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-        body = (_BODY % (users[n % len(users)], n % 100, stamp)).encode()
-        state["sock"].sendall(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        body = (_BODY % (user, n % 100, stamp)).encode()
+        state["sock"].sendall(head_for(path, state["token"]) + str(len(body)).encode() + b"\r\n\r\n" + body)
 
-    for users in user_groups:
+    def close(state: dict) -> None:
+        selector.unregister(state["sock"])
+        state["sock"].close()
+
+    for token, cells in connections:
+        if not cells:
+            continue
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        state = {"sock": sock, "users": users, "n": 0, "buf": b""}
+        state = {"sock": sock, "token": token, "cells": cells, "n": 0, "buf": b""}
         states.append(state)
         selector.register(sock, selectors.EVENT_READ, state)
+    measure_from = time.monotonic() + warmup
+    stop_at = measure_from + seconds
+    for state in states:
         send(state)
     open_count = len(states)
     while open_count:
+        events = selector.select(timeout=1.0)
         now = time.monotonic()
-        for key, _ in selector.select(timeout=1.0):
+        ok_key, error_key = ("ok", "errors") if now >= measure_from else ("warmup_ok", "warmup_errors")
+        counted = now < stop_at
+        for key, _ in events:
             state = key.data
-            data = state["sock"].recv(65536)
+            try:
+                data = state["sock"].recv(65536)
+            except OSError:
+                data = b""
             if not data:
-                counts["errors"] += 1
-                selector.unregister(state["sock"])
+                if counted:
+                    counts[error_key] += 1
+                close(state)
                 open_count -= 1
                 continue
             buf = state["buf"] + data
@@ -153,38 +188,42 @@ def _drive(port: int, path: str, token: str, user_groups: list[list[str]], secon
             lower = buf[:end].lower()
             at = lower.find(b"content-length:")
             if at >= 0:
-                length = int(lower[at + 15:lower.find(b"\r\n", at) if lower.find(b"\r\n", at) > 0 else end])
+                line_end = lower.find(b"\r\n", at)
+                length = int(lower[at + 15:line_end if line_end > 0 else end])
             if len(buf) < end + 4 + length:
                 state["buf"] = buf
                 continue
             state["buf"] = buf[end + 4 + length:]
             status = int(buf[9:12])
             if status == 200:
-                counts["ok"] += 1
+                if counted:
+                    counts[ok_key] += 1
             else:
-                counts["errors"] += 1
-                if counts["errors"] <= 3:
+                if counted:
+                    counts[error_key] += 1
+                if counts["errors"] + counts["warmup_errors"] <= 3:
                     print("  unexpected answer:", buf[:end].split(b"\r\n")[0].decode(), buf[end + 4:end + 4 + length][:200],
                           file=sys.stderr)
-            if now < stop_at:
+            if counted:
                 send(state)
             else:
-                selector.unregister(state["sock"])
-                state["sock"].close()
+                close(state)
                 open_count -= 1
         if time.monotonic() > stop_at + 10:
             break  # answers that never come: bounded
+    for state in states:
+        if state["sock"].fileno() >= 0:
+            close(state)
+    counts["elapsed"] = seconds
+    counts["connections"] = len(states)
     return counts
 
 
 def _client(args: tuple) -> dict:
-    port, path, token, user_groups, seconds, warmup = args
-    if warmup:
-        _drive(port, path, token, user_groups, warmup)
-    start, cpu = time.monotonic(), time.process_time()
-    counts = _drive(port, path, token, user_groups, seconds)
-    counts["elapsed"] = time.monotonic() - start
-    counts["cpu"] = time.process_time() - cpu
+    port, connections, seconds, warmup = args
+    cpu = time.process_time()
+    counts = _drive(port, connections, seconds, warmup)
+    counts["cpu"] = time.process_time() - cpu  # the warm-up's included
     return counts
 
 
@@ -266,8 +305,9 @@ def main() -> None:
         users = seed["users"]
         connections = max(args.connections, args.clients)
         groups = [users[i::connections] for i in range(connections)]  # each user on one connection: timestamps increase
-        per_client = [groups[i::args.clients] for i in range(args.clients)]
-        jobs = [(args.port, seed["scores_path"], token, g, args.seconds, args.warmup) for g in per_client]
+        conns = [(token, [(seed["scores_path"], user) for user in group]) for group in groups]
+        per_client = [conns[i::args.clients] for i in range(args.clients)]
+        jobs = [(args.port, c, args.seconds, args.warmup) for c in per_client]
         with multiprocessing.Pool(args.clients) as pool:
             server_cpu, database_cpu = _cpu_seconds(server.pid), _postgres_cpu_seconds()
             results = pool.map(_client, jobs)
@@ -281,10 +321,10 @@ def main() -> None:
         print(f"scores endpoint: {ok / elapsed:,.0f} POST/s accepted "
               f"({ok} in {elapsed:.1f} s, {errors} other answers; {model}, "
               f"{connections} keep-alive connections from {args.clients} client process(es))")
-        # The warm-up's CPU is in these too (it ran inside the same pool.map): figures are approximate.
+        # The warm-up's CPU is in these too (it ran on the same connections): figures are approximate.
         span = elapsed + args.warmup
         print(f"  CPU over the run, in cores: server {server_cpu / span:.2f}, PostgreSQL {database_cpu / span:.2f}, "
-              f"load generator {client_cpu / elapsed:.2f} (of {os.cpu_count()})")
+              f"load generator {client_cpu / span:.2f} (of {os.cpu_count()})")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
