@@ -1,10 +1,9 @@
 """The ledger: a finished attempt's result, with its eligibility verdict, and the outbox row of the
-grade the institution's policy picks — written in the caller's transaction, queued after commit.
+grade the institution's policy picks — written in the caller's transaction, its senders woken after commit.
 """
 from __future__ import annotations
 
 import datetime
-import logging
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
@@ -14,25 +13,10 @@ from lti_tool.models import LtiLineItem, LtiResourceLink, LtiUser
 
 from institutions.models import Course
 
-from . import line_items, queue
+from . import line_items, wakeups
 from .eligibility import check_result, first_failure
 from .models import OPEN_STATUSES, Delivery, DeliveryStatus, Result
 from .policy import policy_result
-
-logger = logging.getLogger(__name__)
-
-
-def _enqueue_on_commit(delivery_id: int, *, resync: bool = False, registration_id: int | None = None) -> None:
-    transaction.on_commit(lambda: _enqueue_or_leave_to_sweep(delivery_id, resync, registration_id))
-
-
-def _enqueue_or_leave_to_sweep(delivery_id: int, resync: bool, registration_id: int | None) -> None:
-    # A broker outage must not break the request that recorded the grade: the row is committed and
-    # the sweeper queues it again once the broker is back. One line, not a traceback per grade.
-    try:
-        queue.enqueue_delivery(delivery_id, resync=resync, registration_id=registration_id)
-    except Exception as error:  # noqa: BLE001 — any publish failure leaves the row to the sweeper
-        logger.warning("Broker unreachable; delivery %s is left to the sweeper: %s", delivery_id, error)
 
 
 @transaction.atomic
@@ -97,7 +81,7 @@ def plan_delivery(
     policy: str | None = None,
     candidates: list[LtiLineItem] | None = None,
 ) -> Delivery | None:
-    """Write (or update) the open delivery of the policy's grade; queue it after commit.
+    """Write (or update) the open delivery of the policy's grade; its LMS's senders are woken after commit.
 
     Returns None when there is nothing to send: no eligible result, or the LMS already holds
     exactly this grade from a live sync (a resync always sends). `candidates`: the course's line
@@ -137,7 +121,7 @@ def plan_delivery(
                 next_attempt_at=now,
                 status=_status_after_new_grade(open_row.status),
             )
-        _enqueue_on_commit(open_row.pk, resync=resync, registration_id=open_row.registration_id)
+        wakeups.wake_after_commit(open_row.pk, open_row.registration_id, resync=resync)
         return open_row
     if not resync and newest is not None and newest.score == chosen.score:
         return None  # the LMS holds exactly this grade already
@@ -162,7 +146,7 @@ def plan_delivery(
         # Another transaction opened the row first: update that one instead.
         return plan_delivery(course=course, lti_user=lti_user, activity_key=activity_key, resource_link=link,
                              resync=resync, policy=policy)
-    _enqueue_on_commit(delivery.pk, resync=resync, registration_id=delivery.registration_id)
+    wakeups.wake_after_commit(delivery.pk, delivery.registration_id, resync=resync)
     return delivery
 
 

@@ -190,7 +190,8 @@ class Delivery(models.Model):
 class DeliveryExchange(models.Model):
     """One request to the LMS for a delivery and what it answered."""
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="exchanges")
+    # Indexed by exchange_delivery_idx below, which leads with it (one index less per send).
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="exchanges", db_index=False)
     attempted_at = models.DateTimeField(auto_now_add=True)
     duration_ms = models.PositiveIntegerField(default=0)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)

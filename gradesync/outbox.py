@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import datetime
 import random
+from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Max
+from django.db import connection, transaction
+from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone
 
 from institutions.models import LmsFamily
@@ -46,17 +47,43 @@ def first_due(registration_id: int) -> int | None:
 def claim_batch(registration_id: int, size: int) -> list[int]:
     """Claim up to `size` due rows of one LMS, live grades first; rows another sender is claiming are skipped."""
     now = timezone.now()
+    due = _due(registration_id, now).values("pk")[:size]
+    if connection.vendor == "postgresql":
+        # One statement, no transaction round trips: UPDATE … WHERE id IN (SELECT … SKIP LOCKED) RETURNING.
+        sql, params = due.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE gradesync_delivery SET status = %s, claimed_at = %s, attempts = attempts + 1 "
+                f"WHERE id IN ({sql} FOR UPDATE SKIP LOCKED) RETURNING id",
+                [DeliveryStatus.SENDING, now, *params],
+            )
+            return [row[0] for row in cursor.fetchall()]
     with transaction.atomic():
-        ids = list(
-            _due(registration_id, now)
-            .select_for_update(skip_locked=True)
-            .values_list("pk", flat=True)[:size]
-        )
+        ids = [row["pk"] for row in due.select_for_update(skip_locked=True)]
         if ids:
             Delivery.objects.filter(pk__in=ids).update(
                 status=DeliveryStatus.SENDING, claimed_at=now, attempts=F("attempts") + 1
             )
     return ids
+
+
+def batch_to_send(ids: list[int]) -> list[Delivery]:
+    """The claimed rows with what a send needs, each with `last_sent`: the latest score timestamp sent
+    for its (line item, user), read in the same query."""
+    last_sent = (
+        Delivery.objects.filter(
+            line_item_id=OuterRef("line_item_id"), lti_user_id=OuterRef("lti_user_id"), last_timestamp__isnull=False
+        )
+        .order_by("-last_timestamp")
+        .values("last_timestamp")[:1]
+    )
+    return list(
+        # What every send reads; the course, link and result only when a line item is looked up.
+        Delivery.objects.select_related("deployment", "lti_user", "line_item")
+        .filter(pk__in=ids)
+        .annotate(last_sent=Subquery(last_sent))
+        .order_by("is_resync", "next_attempt_at", "pk")
+    )
 
 
 def give_back(delivery_ids: list[int], *, wait_seconds: float, message: str) -> None:
@@ -113,7 +140,23 @@ def next_timestamp(
     return last + datetime.timedelta(milliseconds=1)
 
 
-def finish(
+@dataclass
+class Landing:
+    """What became of one send, decided as it ends and written with its batch (`write_landings`)."""
+
+    delivery_id: int
+    result: str  # sent, retrying, refused, dead ("sent" turns "superseded while sending" if a newer grade came)
+    status: str
+    status_code: int | None
+    message: str
+    wait: float = 0.0  # for a retry: seconds until it is due again
+    next_attempt_at: datetime.datetime | None = None
+    sent_at: datetime.datetime | None = None
+    last_timestamp: datetime.datetime | None = None  # the score timestamp sent, when it landed
+    version: int | None = None  # a send lands as sent only if no newer grade replaced it meanwhile
+
+
+def land(
     delivery: Delivery,
     outcome: Outcome,
     status_code: int | None,
@@ -123,36 +166,83 @@ def finish(
     version: int | None = None,
     retry_after: float | None = None,
     advice_retry_after: float | None = None,
-) -> tuple[str, float]:
-    """Record what became of a send; returns that and, for a retry, the wait before the next try."""
+) -> Landing:
+    """Decide what a send's outcome makes of the row (nothing is written here)."""
     now = timezone.now()
-    fields: dict[str, object] = {
-        "last_status_code": status_code, "last_message": message, "claimed_at": None, "answer_lost": False,
-    }
-    if sent_timestamp is not None and outcome == Outcome.SENT:
-        fields["last_timestamp"] = sent_timestamp
+    common = {"delivery_id": delivery.pk, "status_code": status_code, "message": message}
     if outcome == Outcome.SENT:
         # Sent — unless a newer grade arrived while we were sending: then it is due again at once
         # (the sender holding this LMS's slot takes it in its next batch).
-        updated = Delivery.objects.filter(pk=delivery.pk, version=version).update(
-            status=DeliveryStatus.SENT, sent_at=now, next_attempt_at=None, **fields
-        )
-        if updated:
-            return "sent", 0.0
-        Delivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING, next_attempt_at=now, **fields)
-        return "superseded while sending", 0.0
+        return Landing(**common, result="sent", status=DeliveryStatus.SENT, sent_at=now, version=version,
+                       last_timestamp=sent_timestamp)
     if outcome == Outcome.REFUSED:
-        Delivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.REFUSED, next_attempt_at=None, **fields)
-        return "refused", 0.0
+        return Landing(**common, result="refused", status=DeliveryStatus.REFUSED)
     give_up_at = delivery.created_at + datetime.timedelta(hours=settings.GRADE_DELIVERY_GIVE_UP_HOURS)
     if now >= give_up_at:
-        Delivery.objects.filter(pk=delivery.pk).update(
-            status=DeliveryStatus.DEAD, next_attempt_at=None, **{**fields, "last_message": f"Gave up after "
-            f"{settings.GRADE_DELIVERY_GIVE_UP_HOURS} h. Last: {message}"}
-        )
-        return "dead", 0.0
+        return Landing(**{**common, "message": f"Gave up after {settings.GRADE_DELIVERY_GIVE_UP_HOURS} h. Last: {message}"},
+                       result="dead", status=DeliveryStatus.DEAD)
     wait = _backoff_seconds(delivery.attempts, retry_after if retry_after is not None else advice_retry_after)
-    Delivery.objects.filter(pk=delivery.pk).update(
-        status=DeliveryStatus.RETRYING, next_attempt_at=now + datetime.timedelta(seconds=wait), **fields
-    )
-    return "retrying", wait
+    return Landing(**common, result="retrying", status=DeliveryStatus.RETRYING, wait=wait,
+                   next_attempt_at=now + datetime.timedelta(seconds=wait))
+
+
+# One statement for a sender's whole batch (PostgreSQL): each row's landing travels in VALUES; a row
+# sent whose version moved on (a newer grade came while it was in flight) is pending again, due at once.
+_WRITE_LANDINGS = """
+UPDATE gradesync_delivery AS d SET
+    status = CASE WHEN v.superseded_by_newer AND d.version <> v.version THEN 'pending' ELSE v.status END,
+    next_attempt_at = CASE WHEN v.superseded_by_newer AND d.version <> v.version THEN v.sent_at
+                           ELSE v.next_attempt_at END,
+    sent_at = CASE WHEN v.superseded_by_newer AND d.version <> v.version THEN d.sent_at
+                   ELSE COALESCE(v.sent_at, d.sent_at) END,
+    last_status_code = v.status_code,
+    last_message = v.message,
+    last_timestamp = COALESCE(v.last_timestamp, d.last_timestamp),
+    claimed_at = NULL,
+    answer_lost = FALSE
+FROM (VALUES {rows}) AS v(id, version, superseded_by_newer, status, next_attempt_at, sent_at, status_code, message, last_timestamp)
+WHERE d.id = v.id
+RETURNING d.id, d.status
+"""
+_LANDING_ROW = "(%s::bigint, %s::integer, %s::boolean, %s::varchar, %s::timestamptz, %s::timestamptz, %s::smallint, %s::text, %s::timestamptz)"
+
+
+def write_landings(landings: list[Landing]) -> dict[int, str]:
+    """Write a batch's landings; returns what became of each row (a sent one may be superseded)."""
+    if not landings:
+        return {}
+    results = {landing.delivery_id: landing.result for landing in landings}
+    if connection.vendor != "postgresql":
+        for landing in landings:
+            results[landing.delivery_id] = _write_landing(landing)
+        return results
+    params: list[object] = []
+    for landing in landings:
+        guarded = landing.status == DeliveryStatus.SENT
+        params += [landing.delivery_id, landing.version or 0, guarded, landing.status, landing.next_attempt_at,
+                   landing.sent_at, landing.status_code, landing.message, landing.last_timestamp]
+    sql = _WRITE_LANDINGS.format(rows=", ".join([_LANDING_ROW] * len(landings)))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for delivery_id, status in cursor.fetchall():
+            if results[delivery_id] == "sent" and status == DeliveryStatus.PENDING:
+                results[delivery_id] = "superseded while sending"
+    return results
+
+
+def _write_landing(landing: Landing) -> str:
+    """One row's landing, one statement at a time (SQLite: no UPDATE … FROM VALUES with types)."""
+    fields: dict[str, object] = {
+        "last_status_code": landing.status_code, "last_message": landing.message, "claimed_at": None, "answer_lost": False,
+    }
+    if landing.last_timestamp is not None:
+        fields["last_timestamp"] = landing.last_timestamp
+    rows = Delivery.objects.filter(pk=landing.delivery_id)
+    if landing.status == DeliveryStatus.SENT:
+        if rows.filter(version=landing.version).update(status=DeliveryStatus.SENT, sent_at=landing.sent_at,
+                                                       next_attempt_at=None, **fields):
+            return "sent"
+        rows.update(status=DeliveryStatus.PENDING, next_attempt_at=landing.sent_at, **fields)
+        return "superseded while sending"
+    rows.update(status=landing.status, next_attempt_at=landing.next_attempt_at, **fields)
+    return landing.result

@@ -9,17 +9,15 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
 
 from django.core.cache import cache
 from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
-from lti_tool.models import LtiRegistration
 
 from institutions.models import LmsFamily
 
-from . import ags, line_items, outbox, queue
+from . import ags, line_items, outbox, queue, wakeups
 from .models import OPEN_STATUSES, Delivery, DeliveryExchange, ResyncJob, ResyncJobStatus
 from .outcomes import Outcome, classify
 
@@ -63,7 +61,7 @@ class InFlightLimit:
     """At most N requests in flight to one registration, across all workers (slots in the shared cache)."""
 
     def __init__(self, registration_id: int, limit: int) -> None:
-        self.keys = [f"ags-inflight:{registration_id}:{slot}" for slot in range(max(limit, 1))]
+        self.keys = wakeups.slot_keys(registration_id, limit)
         self.held: str | None = None
         self.renewed = 0.0
 
@@ -93,36 +91,6 @@ class InFlightLimit:
             self.held = None
 
 
-@dataclass
-class _Lms:
-    """What a sender needs of the registration: loaded once per sender, not per grade."""
-
-    registration: LtiRegistration
-    family: str
-    limit: int
-
-
-_lms_cache: dict[int, tuple[float, _Lms]] = {}
-LMS_CACHE_SECONDS = 30.0
-
-
-def _lms(registration_id: int) -> _Lms | None:
-    cached = _lms_cache.get(registration_id)
-    if cached and cached[0] > time.monotonic():
-        return cached[1]
-    registration = LtiRegistration.objects.select_related("profile").filter(pk=registration_id).first()
-    if registration is None:
-        return None
-    profile = getattr(registration, "profile", None)
-    lms = _Lms(
-        registration,
-        profile.lms_family if profile else LmsFamily.OTHER,
-        profile.max_requests_in_flight if profile else 4,
-    )
-    _lms_cache[registration_id] = (time.monotonic() + LMS_CACHE_SECONDS, lms)
-    return lms
-
-
 def deliver(delivery_id: int, registration_id: int | None = None) -> str:
     """Send a delivery (and, holding the LMS's slot, every other due one of that LMS).
 
@@ -138,7 +106,7 @@ def deliver(delivery_id: int, registration_id: int | None = None) -> str:
         registration_id = Delivery.objects.filter(pk=delivery_id).values_list("registration_id", flat=True).first()
         if registration_id is None:
             return "not claimed"
-    lms = _lms(registration_id)
+    lms = wakeups.lms_of(registration_id)
     if lms is None:
         return "not claimed"
     limit = InFlightLimit(registration_id, lms.limit)
@@ -173,12 +141,13 @@ def deliver(delivery_id: int, registration_id: int | None = None) -> str:
 class _Sender:
     """Sends claimed deliveries of one LMS, one request at a time, holding one in-flight slot."""
 
-    def __init__(self, lms: _Lms, limit: InFlightLimit) -> None:
+    def __init__(self, lms: wakeups.Lms, limit: InFlightLimit) -> None:
         self.lms = lms
         self.limit = limit
         self.tokens: dict[tuple[str, ...], str] = {}
         self.outcomes: dict[int, str] = {}
         self.exchanges: list[DeliveryExchange] = []
+        self.landings: list[outbox.Landing] = []
         self.stopped = False  # the LMS is throttling or failing: leave the rest to their due time
         self.wait, self.why = 0.0, ""
 
@@ -194,19 +163,13 @@ class _Sender:
         return claimed
 
     def send_batch(self, ids: list[int]) -> None:
-        deliveries = list(
-            Delivery.objects.select_related("deployment", "lti_user", "line_item", "course__context", "resource_link", "result")
-            .filter(pk__in=ids)
-            .order_by("is_resync", "next_attempt_at", "pk")
-        )
-        last_sent = outbox.last_timestamps(deliveries)
+        deliveries = outbox.batch_to_send(ids)
         try:
             for index, delivery in enumerate(deliveries):
                 if self.stopped:
                     outbox.give_back([d.pk for d in deliveries[index:]], wait_seconds=self.wait, message=self.why)
                     break
-                last = last_sent.get((delivery.line_item_id, delivery.lti_user_id))
-                self.outcomes[delivery.pk] = self.send(delivery, last)
+                self.outcomes[delivery.pk] = self.send(delivery, delivery.last_sent)
                 self.limit.keep()
         finally:
             self.flush()
@@ -215,11 +178,14 @@ class _Sender:
         })
 
     def flush(self) -> None:
+        """Write what the batch's sends did: its exchanges in one INSERT, its rows in one UPDATE."""
         if len(self.exchanges) == 1:
             self.exchanges[0].save(force_insert=True)  # one statement (bulk_create adds a transaction)
         elif self.exchanges:
             DeliveryExchange.objects.bulk_create(self.exchanges)
         self.exchanges = []
+        landings, self.landings = self.landings, []
+        self.outcomes.update(outbox.write_landings(landings))
 
     def token_for(self, scopes: tuple[str, ...], deployment_id: str, rejected: str | None = None) -> str:
         if rejected is None and scopes in self.tokens:
@@ -331,12 +297,13 @@ class _Sender:
         )
 
     def finish(self, delivery: Delivery, outcome: Outcome, status_code: int | None, message: str, **kwargs) -> str:
-        result, wait = outbox.finish(delivery, outcome, status_code, message, **kwargs)
-        if result == "retrying" and kwargs.get("advice_retry_after") is None:
+        """What became of the send, written with the rest of the batch (`flush`)."""
+        landing = outbox.land(delivery, outcome, status_code, message, **kwargs)
+        self.landings.append(landing)
+        if landing.result == "retrying" and kwargs.get("advice_retry_after") is None:
             # Throttled, failing or unreachable: the rest of this LMS's rows wait as long as this one.
-            self.stop(wait, f"Held back: the LMS answered another grade with a retry. {message}"[:500])
-        return result
-
+            self.stop(landing.wait, f"Held back: the LMS answered another grade with a retry. {message}"[:500])
+        return landing.result
 
 
 def _parse_lms_timestamp(text: str) -> datetime.datetime | None:
@@ -377,23 +344,3 @@ def note_resync_landings(job_ids: set[int]) -> None:
             queue.send(queue.COUNT_RESYNC_PROGRESS, [job_id], queue="resync")
         elif cache.add(f"resync-count:{job_id}", 1, RESYNC_COUNT_SECONDS):
             queue.send(queue.COUNT_RESYNC_PROGRESS, [job_id], queue="resync", countdown=RESYNC_COUNT_SECONDS)
-
-
-def wake_senders(rows: list[tuple[int, int, bool]]) -> int:
-    """Queue senders for due rows (id, registration id, is resync); returns the tasks queued.
-
-    A sender sends every due row of its LMS, not only the row its task names, so each LMS gets
-    as many tasks as it allows requests in flight, each naming one of its rows — not a task per
-    row: thousands of tasks that find every slot taken cost the workers a round trip each for
-    nothing, and queued in order they keep other LMSes waiting behind one LMS's rows.
-    """
-    per_lms: dict[int, list[tuple[int, bool]]] = {}
-    for delivery_id, registration_id, is_resync in rows:
-        per_lms.setdefault(registration_id, []).append((delivery_id, is_resync))
-    queued = 0
-    for registration_id, lms_rows in per_lms.items():
-        lms = _lms(registration_id)
-        for delivery_id, is_resync in lms_rows[: lms.limit if lms else 1]:
-            queue.enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
-            queued += 1
-    return queued

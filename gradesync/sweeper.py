@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from . import sender
+from . import wakeups
 from .models import Delivery, DeliveryStatus
 
 STALE_CLAIM_SECONDS = 300  # default of settings.GRADE_DELIVERY_STALE_CLAIM_SECONDS
@@ -32,7 +32,7 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
     counts["reclaimed"] = stale.filter(pk__in=[pk for pk, _, _ in reclaimed]).update(
         status=DeliveryStatus.PENDING, next_attempt_at=now, claimed_at=None, answer_lost=True
     )
-    sender.wake_senders(reclaimed)
+    wakeups.wake_senders(reclaimed)
     lost_before = now - datetime.timedelta(seconds=settings.GRADE_DELIVERY_REQUEUE_AFTER_SECONDS)
     due = (
         Delivery.objects.filter(
@@ -42,5 +42,5 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
         .order_by("next_attempt_at")
         .values_list("pk", "registration_id", "is_resync")[:batch]
     )
-    counts["requeued"] = sender.wake_senders(list(due))
+    counts["requeued"] = wakeups.wake_senders(list(due))
     return counts

@@ -23,7 +23,7 @@ from lti_tool.models import LtiLineItem, LtiResourceLink
 
 from institutions.models import Course
 
-from .. import line_items, queue, sender
+from .. import line_items, queue, wakeups
 from ..models import ACTIVE_JOB_STATUSES, OPEN_STATUSES, Delivery, DeliveryStatus, ResyncJob, ResyncJobStatus
 from . import jobs
 from .jobs import refresh_progress
@@ -106,7 +106,7 @@ def _enqueue_deliveries(job_id: int, ids: list[int]) -> None:
 def fan_out(job_id: int, ids: list[int]) -> int:
     """Start senders for a planned batch, unless the job was cancelled meanwhile; returns the tasks queued.
 
-    Each LMS of the batch gets as many tasks as it allows requests in flight (sender.wake_senders),
+    Each LMS of the batch gets as many tasks as it allows requests in flight (wakeups.wake_senders),
     not a task per row: 5,000 tasks per batch cost the workers a round trip each for nothing, and,
     queued in key order, kept an institution's other LMSes idle behind the first one's rows
     (bench_resync --deliver).
@@ -114,7 +114,7 @@ def fan_out(job_id: int, ids: list[int]) -> int:
     if ResyncJob.objects.filter(pk=job_id, status=ResyncJobStatus.CANCELLED).exists():
         return 0
     rows = Delivery.objects.filter(pk__in=ids).order_by("pk").values_list("pk", "registration_id", "is_resync")
-    return sender.wake_senders(list(rows))
+    return wakeups.wake_senders(list(rows))
 
 
 class _Target(NamedTuple):

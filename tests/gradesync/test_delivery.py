@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from courseware.models import Activity, ActivityKind, ActivityLink, Launch
 from gradesync import api as gradesync_api
-from gradesync import ledger, queue, sender, sweeper
+from gradesync import ledger, queue, sender, sweeper, wakeups
 from gradesync.models import Delivery, DeliveryExchange, DeliveryStatus, Result
 from institutions.models import GradePolicy
 from sandbox_lms import api as sandbox
@@ -293,7 +293,7 @@ def test_the_sweeper_wakes_an_lms_s_senders_not_a_task_per_lost_grade(canvas, mo
     profile = canvas.connected.deployment.registration.profile
     profile.max_requests_in_flight = 2
     profile.save()
-    sender._lms_cache.clear()
+    wakeups._lms_cache.clear()
     Delivery.objects.update(status=DeliveryStatus.RETRYING, next_attempt_at=timezone.now() - datetime.timedelta(seconds=1))
     queued = []
     real_enqueue = queue.enqueue_delivery
