@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -13,7 +14,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from .behaviour import apply_faults, throttle
+from .behaviour import answer_at, apply_faults, throttle
 from .caches import TokenInfo, _line_item_info, cached_registration
 from .models import GRADABLE_ROLES, Profile, SandboxRegistration
 from .platform import _suffix, line_item_url
@@ -215,15 +216,18 @@ def scores_exchange(
     Shared by the Django view and the fast WSGI front (`sandbox_lms.fast`); the caller logs the exchange."""
     registration = None
     extra: dict[str, str] = {}
+    arrived = time.monotonic()
     try:
         info = authenticate(authorization)
         registration = cached_registration(info.registration_id)
-        apply_faults(registration)
+        apply_faults(registration, answer_later=True)
         extra = throttle(registration)
         answer = record_score(line_item_id=line_item_id, info=info, registration=registration,
                               content_type=content_type, body=body, query=query, db=db)
+        answer_at(registration, arrived)
         exchange = Exchange(200, _payload(answer))
     except ApiError as error:
+        answer_at(registration, arrived)
         exchange = Exchange(error.status, _payload(error.body), error.content_type, dict(error.headers), error.reason)
     except DropConnection:
         return Exchange(499, b"", registration_id=registration.pk, dropped=True)

@@ -18,7 +18,7 @@ from .protocol import ApiError, DropConnection
 
 
 FAULT_FIELDS = {
-    "latency_ms": "Added latency on every service request (ms)",
+    "latency_ms": "Latency of every service request (ms): a score is answered this long after it arrived, its own work included; other requests wait this long first",
     "error_rate": "Fraction of service requests answered with a 5xx",
     "error_status": "The 5xx status (default 503)",
     "throttle_rate": "Fraction answered 429 with Retry-After",
@@ -76,8 +76,9 @@ def drop_connection(environ: dict[str, Any]) -> None:
         pass
 
 
-def apply_faults(registration: SandboxRegistration) -> None:
-    """Raise what the registration's faults say this request meets; sleep for added latency."""
+def apply_faults(registration: SandboxRegistration, *, answer_later: bool = False) -> None:
+    """Raise what the registration's faults say this request meets; sleep for added latency (unless
+    `answer_later`: the caller then answers at `answer_at`, its processing time included)."""
     faults = registration.faults
     if not faults:
         return
@@ -94,7 +95,7 @@ def apply_faults(registration: SandboxRegistration) -> None:
     if random.random() < float(faults.get("timeout_rate", 0)):
         time.sleep(float(faults.get("timeout_seconds", 30)))
         raise ApiError(504, "504 Gateway Timeout", content_type="text/plain")
-    if faults.get("latency_ms"):
+    if faults.get("latency_ms") and not answer_later:
         time.sleep(float(faults["latency_ms"]) / 1000)
     if random.random() < float(faults.get("error_rate", 0)):
         status = int(faults.get("error_status", 503))
@@ -104,6 +105,15 @@ def apply_faults(registration: SandboxRegistration) -> None:
             429, "429 Too Many Requests", content_type="text/plain",
             headers={"Retry-After": str(faults.get("retry_after", 5))},
         )
+
+
+def answer_at(registration: SandboxRegistration | None, arrived: float) -> None:
+    """Hold the answer until `latency_ms` after the request arrived (time.monotonic()): an LMS that
+    answers in that time, its own work included, as a slow LMS's response time is measured."""
+    latency = float((registration.faults or {}).get("latency_ms") or 0) if registration is not None else 0.0
+    remaining = latency / 1000 - (time.monotonic() - arrived)
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 def throttle(registration: SandboxRegistration) -> dict[str, str]:
