@@ -275,6 +275,10 @@ GRADE_DELIVERY_REQUEUE_AFTER_SECONDS = env.int("GRADE_DELIVERY_REQUEUE_AFTER_SEC
 # (killed mid-send). Longer than the longest send (AGS timeouts × retries); drills shorten it.
 GRADE_DELIVERY_STALE_CLAIM_SECONDS = env.int("GRADE_DELIVERY_STALE_CLAIM_SECONDS", default=300)
 GRADE_SWEEP_INTERVAL_SECONDS = env.float("GRADE_SWEEP_INTERVAL_SECONDS", default=15.0)
+# A sender that has sent every due grade of its LMS waits this long for the next one, holding its
+# slot (a worker thread), at most GRADE_DELIVERY_LINGER_THREADS per worker process; 0 turns it off.
+GRADE_DELIVERY_LINGER_SECONDS = env.float("GRADE_DELIVERY_LINGER_SECONDS", default=0.25)
+GRADE_DELIVERY_LINGER_THREADS = env.int("GRADE_DELIVERY_LINGER_THREADS", default=4)
 CELERY_TASK_ROUTES = {"gradesync.deliver_grade": {"queue": "grades"}, "gradesync.*": {"queue": "grades"}}
 CELERY_BEAT_SCHEDULE = {
     "sweep-grade-deliveries": {"task": "gradesync.sweep_deliveries", "schedule": GRADE_SWEEP_INTERVAL_SECONDS},

@@ -10,6 +10,7 @@ import re
 import threading
 import time
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import Exists, OuterRef
@@ -116,10 +117,11 @@ def deliver(delivery_id: int, registration_id: int | None = None) -> str:
     deadline = time.monotonic() + SENDER_MAX_SECONDS
     try:
         if outbox.claim(delivery_id, timezone.now()):
-            # Its own row only: the look below (after the slot is let go) finds any others.
+            # Its own row only: lingering, or the look below (after the slot is let go), finds any others.
             sender.send_batch([delivery_id])
         else:
             sender.drain(deadline)
+        sender.linger(deadline)
     finally:
         limit.release()
     # Look again once the slot is free: a task that found every slot taken relies on it.
@@ -138,6 +140,18 @@ def deliver(delivery_id: int, registration_id: int | None = None) -> str:
     return sender.outcomes.get(delivery_id, "not claimed")
 
 
+_linger_semaphore: threading.BoundedSemaphore | None = None
+
+
+def _lingering_threads() -> threading.BoundedSemaphore:
+    global _linger_semaphore
+    if _linger_semaphore is None:
+        with _held_lock:
+            if _linger_semaphore is None:
+                _linger_semaphore = threading.BoundedSemaphore(max(settings.GRADE_DELIVERY_LINGER_THREADS, 1))
+    return _linger_semaphore
+
+
 class _Sender:
     """Sends claimed deliveries of one LMS, one request at a time, holding one in-flight slot."""
 
@@ -148,6 +162,8 @@ class _Sender:
         self.outcomes: dict[int, str] = {}
         self.exchanges: list[DeliveryExchange] = []
         self.landings: list[outbox.Landing] = []
+        self.lingering = False
+        self.shared_at = 0.0  # when this sender last woke the LMS's free slots for a backlog
         self.stopped = False  # the LMS is throttling or failing: leave the rest to their due time
         self.wait, self.why = 0.0, ""
 
@@ -159,8 +175,40 @@ class _Sender:
             if not ids:
                 break
             claimed += len(ids)
+            if self.lingering and len(ids) > 1:
+                self.share_backlog(ids[0])
             self.send_batch(ids)
         return claimed
+
+    def share_backlog(self, delivery_id: int) -> None:
+        """More than one grade is due to a lingering sender (its publishers only push to it): start
+        senders on the LMS's free slots (at most once a second), or it would send a backlog alone."""
+        if time.monotonic() - self.shared_at >= 1.0:
+            self.shared_at = time.monotonic()
+            wakeups.wake_free_slots(self.lms.registration.pk, delivery_id)
+
+    def linger(self, deadline: float) -> None:
+        """Hold the slot a moment for the LMS's next grade (wakeups: its publisher then pushes onto a
+        Redis list instead of queueing a task). One lingering sender per LMS, a few per process."""
+        registration_id = self.lms.registration.pk
+        if self.stopped or not wakeups.can_linger() or not _lingering_threads().acquire(blocking=False):
+            return
+        try:
+            if not wakeups.mark_lingering(registration_id):
+                return
+            self.lingering = True
+            try:
+                self.drain(deadline)  # what became due before the mark was seen
+                while not self.stopped and time.monotonic() < deadline:
+                    if not wakeups.wait_for_wake(registration_id, settings.GRADE_DELIVERY_LINGER_SECONDS):
+                        break
+                    self.limit.keep()
+                    self.drain(deadline)
+            finally:
+                self.lingering = False
+                wakeups.unmark_lingering(registration_id)
+        finally:
+            _lingering_threads().release()
 
     def send_batch(self, ids: list[int]) -> None:
         deliveries = outbox.batch_to_send(ids)

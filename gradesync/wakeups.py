@@ -57,6 +57,55 @@ def slot_keys(registration_id: int, limit: int) -> list[str]:
     return [f"ags-inflight:{registration_id}:{slot}" for slot in range(max(limit, 1))]
 
 
+# A live sender that has sent everything due may linger a moment for its LMS's next grade (sender.py):
+# it holds one of the LMS's slots, marks the LMS (LINGER_KEY) and waits on a Redis list (WAKE_KEY).
+# A publisher that finds the mark pushes onto the list instead of queueing a task, so a live grade
+# costs one RPUSH and one claim, not a task, a slot and a look. Only with Redis as the shared cache.
+LINGER_KEY = "ags-linger:{registration_id}"
+WAKE_KEY = "ags-wake:{registration_id}"
+LINGER_MARK_SECONDS = 3  # a killed lingerer's mark lapses this soon; a lingerer renews it as it waits
+
+
+def _redis():
+    """The shared cache's Redis client, or None (another backend: no lingering)."""
+    backend = getattr(cache, "_cache", None)
+    if backend is None or not hasattr(backend, "get_client"):
+        return None
+    return backend.get_client(write=True)
+
+
+def can_linger() -> bool:
+    """Lingering needs Redis and real workers: a task run in the publisher's process (eager) must not wait."""
+    from celery import current_app
+    from django.conf import settings
+
+    return settings.GRADE_DELIVERY_LINGER_SECONDS > 0 and not current_app.conf.task_always_eager and _redis() is not None
+
+
+def mark_lingering(registration_id: int) -> bool:
+    """Become the LMS's lingering sender, if none is; its wake-up list starts empty."""
+    if not cache.add(LINGER_KEY.format(registration_id=registration_id), 1, LINGER_MARK_SECONDS):
+        return False
+    _redis().delete(cache.make_and_validate_key(WAKE_KEY.format(registration_id=registration_id)))
+    return True
+
+
+def wait_for_wake(registration_id: int, seconds: float) -> bool:
+    """Wait (at most `seconds`) for a publisher's push; renews the mark. True when woken."""
+    cache.touch(LINGER_KEY.format(registration_id=registration_id), LINGER_MARK_SECONDS)
+    key = cache.make_and_validate_key(WAKE_KEY.format(registration_id=registration_id))
+    return _redis().blpop([key], timeout=seconds) is not None
+
+
+def unmark_lingering(registration_id: int) -> None:
+    cache.delete(LINGER_KEY.format(registration_id=registration_id))
+
+
+def _wake_lingering(registration_id: int) -> None:
+    key = cache.make_and_validate_key(WAKE_KEY.format(registration_id=registration_id))
+    _redis().pipeline(transaction=False).rpush(key, 1).expire(key, 10).execute()
+
+
 def wake_senders(rows: Iterable[tuple[int, int, bool]]) -> int:
     """Queue senders for due rows (id, registration id, is resync); returns the tasks queued.
 
@@ -73,11 +122,30 @@ def wake_senders(rows: Iterable[tuple[int, int, bool]]) -> int:
     for registration_id, lms_rows in per_lms.items():
         lms = lms_of(registration_id)
         limit = lms.limit if lms else 1
-        held = cache.get_many(slot_keys(registration_id, limit))
-        for delivery_id, is_resync in lms_rows[: limit - len(held)]:
-            queue.enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
-            queued += 1
+        linger_key = LINGER_KEY.format(registration_id=registration_id)
+        held = cache.get_many([*slot_keys(registration_id, limit), linger_key])
+        if held.pop(linger_key, None) is not None:
+            # Its lingering sender takes the grade (or, if it has just stopped lingering, the look
+            # every sender takes after letting its slot go); more than one wakes the free slots too.
+            _wake_lingering(registration_id)
+            if len(lms_rows) == 1:
+                continue
+        queued += _queue_senders(registration_id, lms_rows[: limit - len(held)])
     return queued
+
+
+def _queue_senders(registration_id: int, rows: list[tuple[int, bool]]) -> int:
+    for delivery_id, is_resync in rows:
+        queue.enqueue_delivery(delivery_id, resync=is_resync, registration_id=registration_id)
+    return len(rows)
+
+
+def wake_free_slots(registration_id: int, delivery_id: int, *, resync: bool = False) -> int:
+    """A sender that finds a backlog (more than one grade due) has the LMS's free slots' senders started."""
+    lms = lms_of(registration_id)
+    limit = lms.limit if lms else 1
+    held = cache.get_many(slot_keys(registration_id, limit))
+    return _queue_senders(registration_id, [(delivery_id, resync)] * (limit - len(held)))
 
 
 class _WakeAfterCommit:

@@ -689,9 +689,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sandbox-threads", type=int, default=8, help="threads per sandbox worker (gthread)")
     parser.add_argument("--sandbox-class", default="gevent", choices=["gevent", "gthread"],
                         help="gunicorn worker class of the sandbox LMS (see sandbox_lms/fast.py)")
-    parser.add_argument("--recorder-threads", type=int, default=2, help="threads per recorder process")
-    parser.add_argument("--recorder-processes", type=int, default=2,
-                        help="recorder processes (the web tier records from several; one Python process tops out near 80/s here)")
+    parser.add_argument("--recorder-threads", type=int, default=4, help="threads per recorder process")
+    parser.add_argument("--recorder-processes", type=int, default=1,
+                        help="recorder processes, forked (the web tier records from several)")
     parser.add_argument("--redis-db", type=int, default=12, help="broker db (the cache uses the next one)")
     parser.add_argument("--logs", default=str(ROOT / ".cache" / "bench"), help="where process logs go")
     parser.add_argument("--profile-workers", action="store_true", help="py-spy record the worker in phase 1 and phase 2 (logs/worker-phase1.txt, worker.txt)")
