@@ -414,3 +414,77 @@ def test_a_throttled_lms_gets_no_more_requests_from_that_sender(canvas):
     assert list(Delivery.objects.filter(pk__in=[rows[1].pk, rows[2].pk]).values_list("status", "attempts")) == [
         (DeliveryStatus.PENDING, 0), (DeliveryStatus.PENDING, 0)
     ]
+
+
+@pytest.fixture
+def long_linger(monkeypatch):
+    """The worker started after this lingers 3 s, so that a test's next grade surely finds it lingering."""
+    monkeypatch.setenv("GRADE_DELIVERY_LINGER_SECONDS", "3")
+
+
+def test_a_lingering_sender_takes_the_next_grades_without_a_task_each(canvas, long_linger, celery_worker):
+    from celery.signals import after_task_publish
+
+    launches = [canvas.launch(student) for student in canvas.connected.students]
+    published = []
+
+    def count(sender=None, **kwargs):
+        published.append(sender)
+
+    after_task_publish.connect(count)
+    try:
+        import time
+
+        canvas.finish(launches[0], "0.5")
+        deadline = time.time() + 20
+        while time.time() < deadline and not Delivery.objects.filter(status=DeliveryStatus.SENT).exists():
+            time.sleep(0.05)
+        # The first grade's sender now lingers for its LMS: the next grades are pushed to it.
+        for launch in launches[1:]:
+            canvas.finish(launch, "0.8")
+        while time.time() < deadline and Delivery.objects.exclude(status=DeliveryStatus.SENT).exists():
+            time.sleep(0.05)
+    finally:
+        after_task_publish.disconnect(count)
+    assert Delivery.objects.filter(status=DeliveryStatus.SENT).count() == 3
+    assert [canvas.gradebook(s) for s in canvas.connected.students] == [pytest.approx(10), pytest.approx(16), pytest.approx(16)]
+    assert published == ["gradesync.deliver_grade"], "only the first grade needed a task"
+
+
+def test_a_publisher_pushes_to_a_lingering_sender_instead_of_queueing(canvas, monkeypatch):
+    if wakeups._redis() is None:
+        pytest.skip("lingering needs Redis as the shared cache (CACHE_URL=redis://…)")
+    registration_id = canvas.connected.deployment.registration_id
+    queued = []
+    monkeypatch.setattr(queue, "enqueue_delivery", lambda pk, **kw: queued.append(pk))
+    assert wakeups.mark_lingering(registration_id)
+    try:
+        assert wakeups.wake_senders([(101, registration_id, False)]) == 0 and queued == []
+        assert wakeups.wait_for_wake(registration_id, 0.1), "the grade was pushed to the lingering sender"
+        # A backlog (more than one grade at once) also starts senders on the free slots.
+        assert wakeups.wake_senders([(102, registration_id, False), (103, registration_id, False)]) == 2
+    finally:
+        wakeups.unmark_lingering(registration_id)
+    # No sender lingers any more: a grade queues a task again.
+    assert wakeups.wake_senders([(104, registration_id, False)]) == 1 and queued == [102, 103, 104]
+
+
+def test_one_hook_per_transaction_wakes_each_lms_once(canvas, monkeypatch):
+    """400 grades recorded in one transaction are woken once per LMS after commit, not published one by one."""
+    from django.db import transaction
+
+    woken = []
+    monkeypatch.setattr(wakeups, "wake_senders", lambda rows: woken.append(list(rows)) or 0)
+    launches = [canvas.launch(student) for student in canvas.connected.students]
+    with transaction.atomic():
+        for launch in launches:
+            canvas.finish(launch, "0.7")
+        assert woken == []
+    assert len(woken) == 1 and len(woken[0]) == 3
+    # A rolled-back transaction wakes nothing, and the next one has its own hook.
+    with pytest.raises(RuntimeError), transaction.atomic():
+        canvas.finish(launches[0], "0.9")
+        raise RuntimeError
+    assert len(woken) == 1
+    canvas.finish(launches[0], "0.9")
+    assert len(woken) == 2 and len(woken[1]) == 1
