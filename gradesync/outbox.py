@@ -98,6 +98,14 @@ def give_back(delivery_ids: list[int], *, wait_seconds: float, message: str) -> 
         )
 
 
+def unclaim(delivery_ids: list[int]) -> None:
+    """Claimed rows not sent yet, put back as they were due (their place kept, no attempt counted)."""
+    if delivery_ids:
+        Delivery.objects.filter(pk__in=delivery_ids, status=DeliveryStatus.SENDING).update(
+            status=DeliveryStatus.PENDING, attempts=F("attempts") - 1, claimed_at=None
+        )
+
+
 def _backoff_seconds(attempts: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return min(max(retry_after, 1.0), 3600.0)

@@ -682,7 +682,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="length of phase 1: 30 (--slow-lms: 20; --quick: ≤ 10)")
     parser.add_argument("--burst", type=int, default=24000, help="deliveries in the throughput burst (phase 2)")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
-    parser.add_argument("--concurrency", type=int, default=24, help="threads per Celery worker")
+    parser.add_argument("--concurrency", type=int, default=16, help="threads per Celery worker (16, as make worker runs it)")
     parser.add_argument("--prefetch", type=int, default=8, help="worker_prefetch_multiplier")
     parser.add_argument("--in-flight", type=int, default=None, help="max_requests_in_flight per registration: 8 (--slow-lms: 4)")
     parser.add_argument("--sandbox-workers", type=int, default=2)
