@@ -24,8 +24,9 @@ from .outcomes import Outcome, classify
 
 IN_FLIGHT_SLOT_SECONDS = 30  # a killed worker's slots free themselves this soon; senders renew theirs
 SLOT_RENEW_SECONDS = 5.0
-SENDER_BATCH = 40  # rows a sender claims at a time: each claim, read and write is one statement for all
-SENDER_BATCH_SECONDS = 1.0  # then it gives the rest back and claims again, live grades first (a slow LMS)
+SENDER_BATCH = 40  # rows a sender claims at a time at most: each claim, read and write is one statement for all
+SENDER_BATCH_MIN = 10  # and at least, however slow the LMS answers
+SENDER_BATCH_SECONDS = 1.0  # a batch is about this much sending; longer, the rest is given back (live grades first)
 SENDER_MAX_SECONDS = 30.0  # then it hands the rest to a fresh task, so one task never runs for ever
 CANVAS_SUBMISSION = "https://canvas.instructure.com/lti/submission"
 
@@ -164,6 +165,7 @@ class _Sender:
         self.exchanges: list[DeliveryExchange] = []
         self.landings: list[outbox.Landing] = []
         self.lingering = False
+        self.post_seconds = 0.0  # how long the LMS takes to answer a score, a moving average
         self.shared_at = 0.0  # when this sender last woke the LMS's free slots for a backlog
         self.stopped = False  # the LMS is throttling or failing: leave the rest to their due time
         self.wait, self.why = 0.0, ""
@@ -172,7 +174,7 @@ class _Sender:
         """Claim and send batches until none is due (or the LMS pushes back, or time is up); returns rows claimed."""
         claimed = 0
         while not self.stopped and time.monotonic() < deadline:
-            ids = outbox.claim_batch(self.lms.registration.pk, SENDER_BATCH)
+            ids = outbox.claim_batch(self.lms.registration.pk, self.batch_size())
             if not ids:
                 break
             claimed += len(ids)
@@ -180,6 +182,13 @@ class _Sender:
                 self.share_backlog(ids[0])
             self.send_batch(ids)
         return claimed
+
+    def batch_size(self) -> int:
+        """About SENDER_BATCH_SECONDS of sends: a slow LMS's backlog is shared among its slots instead of
+        claimed 40 at a time by one sender while the others find nothing."""
+        if not self.post_seconds:
+            return SENDER_BATCH
+        return max(SENDER_BATCH_MIN, min(SENDER_BATCH, int(SENDER_BATCH_SECONDS / self.post_seconds)))
 
     def share_backlog(self, delivery_id: int) -> None:
         """More than one grade is due to a lingering sender (its publishers only push to it): start
@@ -291,6 +300,8 @@ class _Sender:
                     # A resync must not count as a new submission against Canvas's Allowed Attempts.
                     payload[CANVAS_SUBMISSION] = {"new_submission": False}
                 answer = ags.post_score(line_item_url=delivery.line_item.url, token=token, payload=payload)
+                seconds = answer.duration_ms / 1000
+                self.post_seconds = 0.8 * self.post_seconds + 0.2 * seconds if self.post_seconds else seconds
                 verdict = classify(lms_family, answer.status_code, answer.body, answer.reason)
                 self.exchange(delivery, answer.status_code, verdict.outcome, answer.said, answer.duration_ms, payload, timestamp)
                 if verdict.outcome == Outcome.REFRESH and not refreshed:
