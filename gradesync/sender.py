@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import logging
 import random
 import re
 import threading
@@ -21,6 +22,8 @@ from institutions.models import LmsFamily
 from . import ags, line_items, outbox, queue, wakeups
 from .models import OPEN_STATUSES, Delivery, DeliveryExchange, ResyncJob, ResyncJobStatus
 from .outcomes import Outcome, classify
+
+logger = logging.getLogger(__name__)
 
 IN_FLIGHT_SLOT_SECONDS = 30  # a killed worker's slots free themselves this soon; senders renew theirs
 SLOT_RENEW_SECONDS = 5.0
@@ -210,13 +213,21 @@ class _Sender:
             try:
                 self.drain(deadline)  # what became due before the mark was seen
                 while not self.stopped and time.monotonic() < deadline:
-                    if not wakeups.wait_for_wake(registration_id, settings.GRADE_DELIVERY_LINGER_SECONDS):
+                    try:
+                        woken = wakeups.wait_for_wake(registration_id, settings.GRADE_DELIVERY_LINGER_SECONDS)
+                    except Exception as error:  # noqa: BLE001 — the cache failing ends the lingering, not the task
+                        logger.warning("Stopped lingering for registration %s: %s", registration_id, error)
+                        break
+                    if not woken:
                         break
                     self.limit.keep()
                     self.drain(deadline)
             finally:
                 self.lingering = False
-                wakeups.unmark_lingering(registration_id)
+                try:
+                    wakeups.unmark_lingering(registration_id)
+                except Exception as error:  # noqa: BLE001 — the mark lapses by itself in seconds
+                    logger.warning("Could not clear the lingering mark of registration %s: %s", registration_id, error)
         finally:
             _lingering_threads().release()
 
@@ -228,7 +239,7 @@ class _Sender:
                 if self.stopped:
                     outbox.give_back([d.pk for d in deliveries[index:]], wait_seconds=self.wait, message=self.why)
                     break
-                if time.monotonic() - started > SENDER_BATCH_SECONDS:
+                if index and time.monotonic() - started > SENDER_BATCH_SECONDS:
                     # A slow LMS: a live grade due meanwhile must not wait behind the rest of this batch.
                     outbox.unclaim([d.pk for d in deliveries[index:]])
                     break

@@ -15,13 +15,11 @@ cell, eligible — measuring
 * the commit: from after the last record_result returns to after the `with` exits (the COMMIT and
   the on_commit hooks: grade sync's wake-up of the senders).
 
-"Without grade sync" is the same transaction with grade sync's after-commit wake-up replaced by a
-no-op: the function gradesync/ledger.py calls that calls `transaction.on_commit` (found by reading
-the ledger's source when the script runs — `ledger._enqueue_on_commit` in the committed code when
-this was written, `wakeups.wake_after_commit` in the lead's work in progress — or named with
---hook module.function), so that only the database COMMIT remains; its rows' senders are woken
-after the measurement (`wake_senders`) so they drain like the others. Tasks published during each
-commit are counted (Celery's `after_task_publish` signal).
+"Without grade sync" is the same transaction with grade sync's after-commit wake-up
+(`gradesync.wakeups.wake_after_commit`, which the ledger calls; --hook names another) replaced by a
+no-op, so that only the database COMMIT remains; its rows' senders are woken after the measurement
+(`wake_senders`) so they drain like the others. Tasks published during each commit are counted
+(Celery's `after_task_publish` signal).
 
 One warm-up transaction (with grade sync, not counted), then --repeats of each, alternating (with,
 without, with, …), each on fresh cells, the deliveries drained in between. It reports the medians,
@@ -31,8 +29,6 @@ and the last line is machine-readable (the issue's target: extra_ms ≤ 100):
 from __future__ import annotations
 
 import argparse
-import inspect
-import re
 import statistics
 import sys
 import time
@@ -47,50 +43,16 @@ sys.path.insert(0, str(ROOT))
 import bench_delivery as bench  # noqa: E402
 
 
-def find_hook(spec: str | None) -> tuple[object, str]:
-    """Grade sync's after-commit wake-up as the ledger calls it: (the module holding it, its name).
-
-    `spec`: "module.function", e.g. gradesync.ledger._enqueue_on_commit. Without it, the ledger's
-    source is read: the one function it calls — its own (`_enqueue_on_commit(...)`) or another
-    gradesync module's (`wakeups.wake_after_commit(...)`) — whose source calls `transaction.on_commit`.
-    Replacing that name in that module replaces it for the ledger (it looks it up there at each call).
-    """
-    import ast
+def find_hook(spec: str) -> tuple[object, str]:
+    """Grade sync's after-commit wake-up, "module.function": (the module holding it, its name).
+    Replacing that name in that module replaces it for the ledger, which looks it up there at each call."""
     import importlib
 
-    from gradesync import ledger
-
-    if spec:
-        module_name, _, name = spec.rpartition(".")
-        module = importlib.import_module(module_name or "gradesync.ledger")
-        if not callable(getattr(module, name, None)):
-            sys.exit(f"bench_commit: {module.__name__} has no function {name!r}")
-        return module, name
-    found: dict[str, tuple[object, str]] = {}
-    for node in ast.walk(ast.parse(inspect.getsource(ledger))):
-        if not isinstance(node, ast.Call):
-            continue
-        if isinstance(node.func, ast.Name):
-            owner, name = ledger, node.func.id
-        elif isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
-            owner, name = getattr(ledger, node.func.value.id, None), node.func.attr
-            if not inspect.ismodule(owner) or not owner.__name__.startswith("gradesync"):
-                continue
-        else:
-            continue
-        function = getattr(owner, name, None)
-        if not inspect.isfunction(function):
-            continue
-        try:
-            source = inspect.getsource(function)
-        except (OSError, TypeError):
-            continue
-        if re.search(r"\bon_commit\(", source):  # transaction.on_commit(…), not a name ending in _on_commit
-            found[f"{owner.__name__}.{name}"] = (owner, name)
-    if len(found) != 1:
-        sys.exit(f"bench_commit: expected the ledger to call one function that calls transaction.on_commit, "
-                 f"found {sorted(found) or 'none'}: name it with --hook module.function")
-    return next(iter(found.values()))
+    module_name, _, name = spec.rpartition(".")
+    module = importlib.import_module(module_name)
+    if not callable(getattr(module, name, None)):
+        sys.exit(f"bench_commit: {module.__name__} has no function {name!r}")
+    return module, name
 
 
 class Publishes:
@@ -164,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=int, default=400, help="record_result calls in the transaction")
     parser.add_argument("--repeats", type=int, default=5, help="transactions with grade sync, and as many without")
-    parser.add_argument("--hook", default=None,
-                        help="the after-commit wake-up to no-op, module.function (default: found from gradesync/ledger.py)")
+    parser.add_argument("--hook", default="gradesync.wakeups.wake_after_commit",
+                        help="the after-commit wake-up to no-op, module.function (what gradesync/ledger.py calls)")
     parser.add_argument("--registrations", type=int, default=2)
     parser.add_argument("--courses", type=int, default=2, help="courses per registration")
     parser.add_argument("--students", type=int, default=50, help="students per registration")

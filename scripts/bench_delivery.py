@@ -58,7 +58,6 @@ import argparse
 import datetime
 import itertools
 import os
-import re
 import secrets
 import signal
 import socket

@@ -488,3 +488,47 @@ def test_one_hook_per_transaction_wakes_each_lms_once(canvas, monkeypatch):
     assert len(woken) == 1
     canvas.finish(launches[0], "0.9")
     assert len(woken) == 2 and len(woken[1]) == 1
+
+
+def test_a_cache_failure_while_lingering_ends_the_lingering_not_the_delivery(canvas, monkeypatch):
+    """Lingering is an optimisation: the shared cache failing under it leaves the grade sent and the slot free."""
+    import redis
+
+    calls = []
+    monkeypatch.setattr(wakeups, "can_linger", lambda: True)
+    monkeypatch.setattr(wakeups, "mark_lingering", lambda registration_id: True)
+    monkeypatch.setattr(wakeups, "unmark_lingering", lambda registration_id: calls.append("unmarked"))
+
+    def broken(registration_id, seconds):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(wakeups, "wait_for_wake", broken)
+    student = canvas.connected.students[0]
+    canvas.finish(canvas.launch(student), "0.7")
+    assert Delivery.objects.get().status == DeliveryStatus.SENT and canvas.gradebook(student) == pytest.approx(14)
+    assert calls == ["unmarked"]
+    registration_id = canvas.connected.deployment.registration_id
+    slots = canvas.connected.deployment.registration.profile.max_requests_in_flight
+    held = [sender.InFlightLimit(registration_id, slots) for _ in range(slots)]
+    try:
+        assert all(limit.acquire() for limit in held), "every slot was let go"
+    finally:
+        for limit in held:
+            limit.release()
+
+
+def test_a_batch_a_slow_lms_has_not_taken_after_a_second_is_given_back_in_place(canvas, monkeypatch):
+    """Rows claimed but not sent within SENDER_BATCH_SECONDS go back as due, no attempt counted, so a live
+    grade due meanwhile is claimed first by the next claim."""
+    students = canvas.connected.students[:3]
+    rows = _record_while_every_slot_is_held(canvas, students, "0.6")
+    monkeypatch.setattr(sender, "SENDER_BATCH_SECONDS", 0.0)  # every batch runs out after its first send
+    unclaimed = []
+    real_unclaim = sender.outbox.unclaim
+    monkeypatch.setattr(sender.outbox, "unclaim", lambda ids: (unclaimed.append(list(ids)), real_unclaim(ids)))
+    assert sender.deliver(rows[1].pk) == "sent"
+    # Its own grade, then a batch of the other two: one sent, one given back and claimed again.
+    assert set(Delivery.objects.values_list("status", flat=True)) == {DeliveryStatus.SENT}
+    assert unclaimed and all(len(ids) >= 1 for ids in unclaimed)
+    assert list(Delivery.objects.order_by("pk").values_list("attempts", flat=True)) == [1, 1, 1]
+    assert [canvas.gradebook(s) for s in students] == [pytest.approx(12)] * 3
