@@ -177,13 +177,17 @@ class _Sender:
         """Claim and send batches until none is due (or the LMS pushes back, or time is up); returns rows claimed."""
         claimed = 0
         while not self.stopped and time.monotonic() < deadline:
-            ids = outbox.claim_batch(self.lms.registration.pk, self.batch_size())
+            size = self.batch_size()
+            ids = outbox.claim_batch(self.lms.registration.pk, size)
             if not ids:
                 break
             claimed += len(ids)
             if self.lingering and len(ids) > 1:
                 self.share_backlog(ids[0])
-            self.send_batch(ids)
+            if not self.send_batch(ids) and len(ids) < size:
+                # Every due row was in this batch: one due since is pushed to a lingering sender, or seen
+                # by the look every sender takes after letting its slot go. No empty claim per live grade.
+                break
         return claimed
 
     def batch_size(self) -> int:
@@ -212,9 +216,13 @@ class _Sender:
             self.lingering = True
             try:
                 self.drain(deadline)  # what became due before the mark was seen
+                marked = time.monotonic()
                 while not self.stopped and time.monotonic() < deadline:
+                    # The mark lasts LINGER_MARK_SECONDS: renewed once a second, not once per grade.
+                    renew = time.monotonic() - marked > 1.0
+                    marked = time.monotonic() if renew else marked
                     try:
-                        woken = wakeups.wait_for_wake(registration_id, settings.GRADE_DELIVERY_LINGER_SECONDS)
+                        woken = wakeups.wait_for_wake(registration_id, settings.GRADE_DELIVERY_LINGER_SECONDS, renew=renew)
                     except Exception as error:  # noqa: BLE001 — the cache failing ends the lingering, not the task
                         logger.warning("Stopped lingering for registration %s: %s", registration_id, error)
                         break
@@ -231,17 +239,21 @@ class _Sender:
         finally:
             _lingering_threads().release()
 
-    def send_batch(self, ids: list[int]) -> None:
+    def send_batch(self, ids: list[int]) -> int:
+        """Send claimed rows, live grades first; returns how many were given back unsent."""
         deliveries = outbox.batch_to_send(ids)
+        given_back = 0
         try:
             started = time.monotonic()
             for index, delivery in enumerate(deliveries):
                 if self.stopped:
                     outbox.give_back([d.pk for d in deliveries[index:]], wait_seconds=self.wait, message=self.why)
+                    given_back = len(deliveries) - index
                     break
                 if index and time.monotonic() - started > SENDER_BATCH_SECONDS:
                     # A slow LMS: a live grade due meanwhile must not wait behind the rest of this batch.
                     outbox.unclaim([d.pk for d in deliveries[index:]])
+                    given_back = len(deliveries) - index
                     break
                 self.outcomes[delivery.pk] = self.send(delivery, delivery.last_sent)
                 self.limit.keep()
@@ -250,6 +262,7 @@ class _Sender:
         note_resync_landings({
             d.resync_job_id for d in deliveries if d.resync_job_id is not None and self.outcomes.get(d.pk) in LANDED
         })
+        return given_back
 
     def flush(self) -> None:
         """Write what the batch's sends did: its exchanges in one INSERT, its rows in one UPDATE."""

@@ -90,9 +90,10 @@ def mark_lingering(registration_id: int) -> bool:
     return True
 
 
-def wait_for_wake(registration_id: int, seconds: float) -> bool:
-    """Wait (at most `seconds`) for a publisher's push; renews the mark. True when woken."""
-    cache.touch(LINGER_KEY.format(registration_id=registration_id), LINGER_MARK_SECONDS)
+def wait_for_wake(registration_id: int, seconds: float, *, renew: bool = True) -> bool:
+    """Wait (at most `seconds`) for a publisher's push, renewing the mark first (`renew`). True when woken."""
+    if renew:
+        cache.touch(LINGER_KEY.format(registration_id=registration_id), LINGER_MARK_SECONDS)
     key = cache.make_and_validate_key(WAKE_KEY.format(registration_id=registration_id))
     return _redis().blpop([key], timeout=seconds) is not None
 
