@@ -502,6 +502,26 @@ def record_at_rate(cells: list[Cell], *, rate: float, seconds: float, threads: i
     return results
 
 
+def warm_up_lms(regs: list[dict], cells: list[Cell], posts_each: int = 8) -> None:
+    """A few scores posted to each LMS (to cells phase 1 never measures, with tokens minted as the ceiling's
+    are), so that every sandbox process has its database pool and Django loaded before the first grade: a
+    real LMS is warm. The tool's worker is left cold (its first token, connections and queries count)."""
+    import requests
+    from django.utils import timezone
+
+    tokens = mint_tokens(regs)
+    for r, (reg, token) in enumerate(zip(regs, tokens)):
+        cell = next(c for c in reversed(cells) if c.registration == r)
+        student = reg["sandbox"].platform.users.get(pk=cell.sandbox_user_id).sub
+        for _ in range(posts_each):
+            requests.post(
+                cell.line_item_url + "/scores", timeout=10,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/vnd.ims.lis.v1.score+json"},
+                json={"userId": student, "scoreGiven": 1, "scoreMaximum": 100, "activityProgress": "Completed",
+                      "gradingProgress": "FullyGraded", "timestamp": timezone.now().isoformat()},
+            )
+
+
 def write_burst(cells: list[Cell], tag: str) -> list[int]:
     """Outbox rows as record_result leaves them (eligible result + pending delivery due now), in bulk."""
     from django.db import transaction
@@ -786,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         burst_cells = [c for group in itertools.zip_longest(*per_reg) for c in group if c is not None][: args.burst]
         # Interleave courses so each course's first grade comes early and registrations share the load.
         phase1_cells.sort(key=lambda c: (c.lti_user.pk * 7919 + c.course.pk * 104729 + hash(c.activity_key)) % 1000003)
+        warm_up_lms(regs, cells)
         log(f"seeded {args.registrations} registrations × {args.courses} courses × {args.students} students × "
             f"{args.activities}+{burst_activities} activities ({len(cells)} cells; phase 1 uses {total_cells})")
         names = [f"bench-{tag}-w{n}" for n in range(args.workers)]
