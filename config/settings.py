@@ -58,6 +58,9 @@ if SANDBOX_LMS:
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files from the web process itself (gunicorn has no static server): compressed, with
+    # content-hashed names cached for a year. Right after SecurityMiddleware, as WhiteNoise asks.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below; framed pages: courseware.framing).
     "csp.middleware.CSPMiddleware",
     # First, so that on the way out it sees the cookies the session and CSRF middleware set.
@@ -219,7 +222,14 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `manage.py collectstatic --noinput` fills it at each release (`make web` runs it first).
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # gzip copies and content-hashed names ("base.5af66c1b1797.css"), so browsers may cache them for good.
+    # With DEBUG on (make run) pages link the plain names and WhiteNoise serves them from the apps.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 LOGIN_URL = "admin:login"
 LOGIN_REDIRECT_URL = "admin:index"  # staff sign in only to the admin

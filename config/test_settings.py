@@ -8,6 +8,9 @@ from .settings import *  # noqa: E402,F401,F403
 # live_server threads must not keep connections open, or the test database cannot be dropped.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Tests render pages with DEBUG off and no collectstatic run: plain names (tests/test_static_files.py
+# checks the production storage after a real collectstatic).
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
 
 # Tasks run in-process in tests unless a test starts a real worker (tests/conftest.py's
 # `celery_worker` fixture switches the app to the broker for its duration).
