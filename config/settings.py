@@ -290,11 +290,16 @@ GRADE_SWEEP_INTERVAL_SECONDS = env.float("GRADE_SWEEP_INTERVAL_SECONDS", default
 GRADE_DELIVERY_LINGER_SECONDS = env.float("GRADE_DELIVERY_LINGER_SECONDS", default=0.25)
 GRADE_DELIVERY_LINGER_THREADS = env.int("GRADE_DELIVERY_LINGER_THREADS", default=4)
 CELERY_TASK_ROUTES = {"gradesync.deliver_grade": {"queue": "grades"}, "gradesync.*": {"queue": "grades"}}
+# /readyz shows why a check failed (hosts, ports) and, with ?full=1, the worker and beat heartbeats only
+# to staff and to these networks (comma-separated CIDRs; the load balancer's health checks need neither).
+HEALTH_DETAIL_NETWORKS = env.list("HEALTH_DETAIL_NETWORKS", default=["127.0.0.0/8", "::1/128"])
 CELERY_BEAT_SCHEDULE = {
     "sweep-grade-deliveries": {"task": "gradesync.sweep_deliveries", "schedule": GRADE_SWEEP_INTERVAL_SECONDS},
     # Resync jobs whose planner died: restarted after 15 minutes without progress, failed 45 later; and
     # settled jobs the senders did not see finish marked Done (a few indexed queries per active job).
     "sweep-resync-jobs": {"task": "gradesync.sweep_resync_jobs", "schedule": 60.0},
+    # Beat's and a worker's heartbeats (gradesync.heartbeats; /readyz?full=1): beat marks each send, a worker each run.
+    "heartbeat": {"task": "gradesync.heartbeat", "schedule": 15.0},
     # Sync health's chart reads closed hours from this rollup (hours whose open rows changed are
     # recounted here, and read from the outbox until then); a full recount now and then also
     # catches delivered rows deleted since they were counted.

@@ -15,6 +15,7 @@ SWEEP_RESYNC_JOBS = "gradesync.sweep_resync_jobs"  # runs resync.sweep_resync_jo
 COUNT_RESYNC_PROGRESS = "gradesync.count_resync_progress"  # runs resync.count_progress
 ROLL_UP_DELIVERY_HOURS = "gradesync.roll_up_delivery_hours"  # runs health.roll_up_delivery_hours
 REGISTER_COPY_NOTICE_HANDLER = "gradesync.register_copy_notice_handler"  # runs notice_handlers.register_copy_notice_handler
+HEARTBEAT = "gradesync.heartbeat"  # runs heartbeats.worker_ran (beat's own heartbeat: tasks.py)
 
 
 def send(name: str, args: Sequence, *, queue: str, countdown: float | None = None) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 from celery import shared_task
+from celery.signals import beat_init, before_task_publish
 
-from . import health, notice_handlers, resync, sender, sweeper
+from . import health, heartbeats, notice_handlers, resync, sender, sweeper
 from .queue import (
+    HEARTBEAT,
     COUNT_RESYNC_PROGRESS,
     DELIVER_GRADE,
     QUEUE_RESYNC_DELIVERIES,
@@ -66,3 +68,22 @@ def roll_up_delivery_hours(full: bool = False) -> dict[str, int]:
 def register_copy_notice_handler(deployment_id: int, handler_url: str) -> str:
     """Register our context copy notice handler with the deployment's LMS (PNS); idempotent, best effort."""
     return notice_handlers.register_copy_notice_handler(deployment_id, handler_url)
+
+
+@shared_task(name=HEARTBEAT, ignore_result=True, bind=True)
+def heartbeat(self) -> str:
+    """A worker is alive and consuming (beat schedules it every 15 s; readyz?full=1 reads it)."""
+    return heartbeats.worker_ran(self.request.hostname or "")
+
+
+@beat_init.connect
+def _mark_beat_publishes(sender=None, **kwargs) -> None:
+    """In the beat process only: each task it publishes refreshes beat's heartbeat."""
+    before_task_publish.connect(_beat_published, weak=False)
+
+
+def _beat_published(sender=None, **kwargs) -> None:
+    try:
+        heartbeats.beat_published()
+    except Exception:  # noqa: BLE001 — a heartbeat must never stop beat from scheduling
+        pass

@@ -1,0 +1,41 @@
+"""Heartbeats of the processes nobody requests pages from: beat (it marks each task it publishes) and
+the workers (the `gradesync.heartbeat` task, scheduled every 15 s, marks the worker that ran it).
+Read by `/readyz?full=1` (config.health): a stale beat means the sweeper and the resync watchdog stopped.
+"""
+from __future__ import annotations
+
+import socket
+import time
+
+from django.core.cache import cache
+
+BEAT_KEY = "heartbeat:beat"
+WORKER_KEY = "heartbeat:worker"
+STALE_SECONDS = 60  # four missed 15 s beats
+_KEEP_SECONDS = 24 * 3600
+
+
+def beat_published() -> None:
+    """Beat has just published a periodic task (celery's before_task_publish, in the beat process)."""
+    cache.set(BEAT_KEY, {"at": time.time(), "host": socket.gethostname()}, _KEEP_SECONDS)
+
+
+def worker_ran(hostname: str) -> str:
+    """A worker has run the heartbeat task."""
+    cache.set(WORKER_KEY, {"at": time.time(), "host": hostname}, _KEEP_SECONDS)
+    return "ok"
+
+
+def _age(key: str, what: str) -> str:
+    mark = cache.get(key)
+    if not mark:
+        return f"no {what} heartbeat yet"
+    age = time.time() - mark["at"]
+    if age > STALE_SECONDS:
+        return f"last {what} heartbeat {age:.0f} s ago (from {mark['host']})"
+    return "ok"
+
+
+def report() -> dict[str, str]:
+    """{"beat": "ok" or why not, "worker": …}."""
+    return {"beat": _age(BEAT_KEY, "beat"), "worker": _age(WORKER_KEY, "worker")}
