@@ -255,6 +255,19 @@ DEMO_SKIP_2FA = env.bool("DEMO_SKIP_2FA", default=False)
 if DEMO_SKIP_2FA and not DEBUG:
     raise ImproperlyConfigured("DEMO_SKIP_2FA=True is for the local demo only: it is refused when DEBUG is off.")
 
+# Errors to Sentry when SENTRY_DSN is set (config.error_tracking: Django and Celery, no personal data, no
+# frame variables, secrets masked); nothing is loaded or sent when it is not.
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    from config.error_tracking import init_sentry
+
+    init_sentry(
+        dsn=SENTRY_DSN,
+        environment=env.str("SENTRY_ENVIRONMENT", default="production"),
+        release=env.str("SENTRY_RELEASE", default=""),
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
