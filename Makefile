@@ -49,8 +49,9 @@ web: venv
 worker: venv
 	$(VENV)/bin/celery -A config worker --loglevel=INFO --pool=threads --concurrency=16 -Q grades,resync,celery
 
+## Run beat on two hosts or more: one schedules at a time (config/beat.py, a lock in Redis), the others stand by.
 beat: venv
-	$(VENV)/bin/celery -A config beat --loglevel=INFO
+	$(VENV)/bin/celery -A config beat --loglevel=INFO --scheduler config.beat:LeaderScheduler
 
 ## Grade delivery benchmark and fault drills (need DATABASE_URL=postgres://… and CELERY_BROKER_URL=redis://…
 ## on 127.0.0.1; see docs/benchmarks.md). BENCH_ARGS=--quick, DRILLS_ARGS="--only NAME".
