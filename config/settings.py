@@ -61,6 +61,8 @@ MIDDLEWARE = [
     # Static files from the web process itself (gunicorn has no static server): compressed, with
     # content-hashed names cached for a year. Right after SecurityMiddleware, as WhiteNoise asks.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # The request's id (X-Request-ID, kept or made) on its log lines and in the answer.
+    "config.log_format.RequestIdMiddleware",
     # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below; framed pages: courseware.framing).
     "csp.middleware.CSPMiddleware",
     # First, so that on the way out it sees the cookies the session and CSRF middleware set.
@@ -268,13 +270,26 @@ if SENTRY_DSN:
         traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
     )
 
+# One JSON object per line in production, plain text in `make run` (config.log_format), each line with the
+# ids of the request, institution, registration, delivery or resync job it is about.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.log_format.JsonFormatter"},
+    },
     # No log line carries a private key, bearer token or signed assertion (institutions.redaction).
-    "filters": {"redact_secrets": {"()": "institutions.redaction.RedactSecrets"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]}},
+    "filters": {
+        "redact_secrets": {"()": "institutions.redaction.RedactSecrets"},
+        "context": {"()": "config.log_format.ContextFilter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact_secrets", "context"]},
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     # "django" drops Django's default handlers (unfiltered); its records reach the root's filtered one.
     "loggers": {"django.server": {"level": "WARNING"}, "django": {"handlers": [], "level": "INFO"}},

@@ -8,11 +8,13 @@ import dataclasses
 from celery import shared_task
 from celery.signals import beat_init, before_task_publish
 
+from config.log_format import bind
+
 from . import health, heartbeats, notice_handlers, resync, sender, sweeper
 from .queue import (
-    HEARTBEAT,
     COUNT_RESYNC_PROGRESS,
     DELIVER_GRADE,
+    HEARTBEAT,
     QUEUE_RESYNC_DELIVERIES,
     REGISTER_COPY_NOTICE_HANDLER,
     ROLL_UP_DELIVERY_HOURS,
@@ -26,7 +28,8 @@ from .queue import (
 def deliver_grade(delivery_id: int, registration_id: int | None = None) -> str:
     """Send one delivery (and, holding its LMS's slot, that LMS's other due ones). Safe to run twice:
     only the worker whose claim succeeds sends a row."""
-    return sender.deliver(delivery_id, registration_id)
+    with bind(registration=registration_id, delivery=delivery_id):
+        return sender.deliver(delivery_id, registration_id)
 
 
 @shared_task(name=SWEEP_DELIVERIES, ignore_result=True)
@@ -37,19 +40,22 @@ def sweep_deliveries() -> dict[str, int]:
 @shared_task(name=RUN_RESYNC_JOB, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def run_resync_job(job_id: int) -> str:
     """Plan a resync job's grades in batches (on the resync queue); re-queues itself to continue."""
-    return resync.run_job(job_id)
+    with bind(job=job_id):
+        return resync.run_job(job_id)
 
 
 @shared_task(name=QUEUE_RESYNC_DELIVERIES, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def queue_resync_deliveries(job_id: int, delivery_ids: list[int]) -> int:
     """Fan one planned batch out into deliver_grade tasks on the resync queue (none if the job was cancelled)."""
-    return resync.fan_out(job_id, delivery_ids)
+    with bind(job=job_id):
+        return resync.fan_out(job_id, delivery_ids)
 
 
 @shared_task(name=COUNT_RESYNC_PROGRESS, ignore_result=True)
 def count_resync_progress(job_id: int) -> str:
     """Write a resync job's counters (and Done) from its deliveries; queued by the sender as its grades land."""
-    return resync.count_progress(job_id)
+    with bind(job=job_id):
+        return resync.count_progress(job_id)
 
 
 @shared_task(name=SWEEP_RESYNC_JOBS, ignore_result=True)

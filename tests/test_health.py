@@ -59,9 +59,10 @@ def test_the_cache_down_is_named(client, monkeypatch):
 
 
 def test_the_broker_down_is_named(client, monkeypatch):
-    # Celery reads CELERY_BROKER_URL from the environment before its own setting.
-    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    from kombu import Connection
+
+    # A real connection to a port nothing listens on.
+    monkeypatch.setattr(app, "connection_for_write", lambda *args, **kwargs: Connection("redis://127.0.0.1:1/0"))
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable: broker"
