@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -10,11 +11,12 @@ from config.celery import app
 
 
 @pytest.fixture
-def redis_broker():
+def redis_broker(monkeypatch):
     client = beat._redis_for(app)
     if client is None:
         pytest.skip("needs Redis as the broker or cache (CI has it)")
-    client.delete(beat.LEADER_KEY)
+    # A lock of this test's own: parallel test processes may share the broker's Redis database.
+    monkeypatch.setattr(beat, "LEADER_KEY", f"celery-beat-leader-test-{uuid.uuid4().hex}")
     yield client
     client.delete(beat.LEADER_KEY)
 
