@@ -30,6 +30,10 @@ if _XDIST_WORKER.startswith("gw") and _XDIST_WORKER[2:].isdigit():
 
     _n = int(_XDIST_WORKER[2:])
     CELERY_BROKER_URL = _own_redis_db(CELERY_BROKER_URL, 2 + 2 * _n)  # 2, 4, 6…; CI's own run uses 0 and 1
+    # Celery reads CELERY_BROKER_URL from the environment before this setting: without this, every test
+    # process (and the workers they start, which inherit it) would publish to and consume CI's db 0.
+    if CELERY_BROKER_URL.startswith("redis://"):
+        os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
     if CACHES["default"].get("BACKEND", "").endswith("RedisCache"):
         CACHES["default"]["LOCATION"] = _own_redis_db(CACHES["default"]["LOCATION"], 3 + 2 * _n)
 
