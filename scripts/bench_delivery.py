@@ -429,22 +429,19 @@ def latencies(cells: list[Cell], results: dict[int, int]) -> tuple[list[float], 
     return to_lms, to_sent, first, lost
 
 
-_RECORDING: dict = {}  # the job record_at_rate's forked recorder processes inherit
-
-
-def _record_share(share: int) -> tuple[dict[int, int], list[float]]:
-    """One recorder process: its threads record cells share, share + P, share + 2P, … on the schedule."""
+def record_at_rate(cells: list[Cell], *, rate: float, seconds: float, threads: int, tag: str) -> dict[int, int]:
+    """record_result for cells[0:rate*seconds] on a fixed schedule; returns {cell index: result id}."""
     from django.db import close_old_connections
     from django.utils import timezone
 
     from gradesync import api
 
-    job = _RECORDING
-    cells, rate, total, start, tag = job["cells"], job["rate"], job["total"], job["start"], job["tag"]
-    indices = iter(range(share, total, job["processes"]))
+    total = min(len(cells), int(rate * seconds))
+    indices = iter(range(total))
     results: dict[int, int] = {}
     late: list[float] = []
     lock = threading.Lock()
+    start = time.monotonic() + 0.5
 
     def work() -> None:
         try:
@@ -470,35 +467,13 @@ def _record_share(share: int) -> tuple[dict[int, int], list[float]]:
         finally:
             close_old_connections()
 
-    with ThreadPoolExecutor(job["threads"]) as pool:
-        for future in [pool.submit(work) for _ in range(job["threads"])]:
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(work) for _ in range(threads)]:
             future.result()
-    return results, late
-
-
-def record_at_rate(cells: list[Cell], *, rate: float, seconds: float, threads: int, tag: str,
-                   processes: int = 1) -> dict[int, int]:
-    """record_result for cells[0:rate*seconds] on a fixed schedule, from `processes` forked processes of
-    `threads` threads each (the web tier records from several processes); returns {cell index: result id}."""
-    import multiprocessing
-
-    from django.db import connections
-
-    total = min(len(cells), int(rate * seconds))
-    start = time.monotonic() + 0.5 + (1.0 if processes > 1 else 0.0)
-    _RECORDING.update(cells=cells, rate=rate, total=total, start=start, tag=tag, threads=threads, processes=processes)
-    if processes > 1:
-        connections.close_all()  # each forked process opens its own
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
-            shares = pool.map(_record_share, range(processes))
-    else:
-        shares = [_record_share(0)]
-    results = {index: pk for share, _ in shares for index, pk in share.items()}
-    late = [value for _, share_late in shares for value in share_late]
     elapsed = time.monotonic() - start
     behind = percentile(late, 99) * 1000 if late else 0.0
-    log(f"recorded {len(results)} results in {elapsed:.1f} s ({len(results) / elapsed:.0f}/s from {processes} "
-        f"process(es) × {threads} threads; recorder p99 behind schedule {behind:.0f} ms)")
+    log(f"recorded {len(results)} results in {elapsed:.1f} s ({len(results) / elapsed:.0f}/s from {threads} threads; "
+        f"recorder p99 behind schedule {behind:.0f} ms)")
     return results
 
 
@@ -708,9 +683,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sandbox-threads", type=int, default=8, help="threads per sandbox worker (gthread)")
     parser.add_argument("--sandbox-class", default="gevent", choices=["gevent", "gthread"],
                         help="gunicorn worker class of the sandbox LMS (see sandbox_lms/fast.py)")
-    parser.add_argument("--recorder-threads", type=int, default=4, help="threads per recorder process")
-    parser.add_argument("--recorder-processes", type=int, default=1,
-                        help="recorder processes, forked (the web tier records from several)")
+    parser.add_argument("--recorder-threads", type=int, default=4)
     parser.add_argument("--redis-db", type=int, default=12, help="broker db (the cache uses the next one)")
     parser.add_argument("--logs", default=str(ROOT / ".cache" / "bench"), help="where process logs go")
     parser.add_argument("--profile-workers", action="store_true", help="py-spy record the worker in phase 1 and phase 2 (logs/worker-phase1.txt, worker.txt)")
@@ -825,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
                 start_new_session=True,
             )
         results = record_at_rate(phase1_cells, rate=args.rate, seconds=args.seconds, threads=args.recorder_threads,
-                                 tag=tag, processes=args.recorder_processes)
+                                 tag=tag)
         wait_drained(None, 120)
         cpu1 = sum(cpu_seconds(w.pid) for w in workers)
         to_lms, to_sent, first, lost1 = latencies(phase1_cells, results)
@@ -959,7 +932,7 @@ def slow_lms_main(args: argparse.Namespace, started_at: float, load_start: str) 
 
         recorded_from, recording_began = time.monotonic(), timezone.now()
         results = record_at_rate(live_cells, rate=args.rate, seconds=args.seconds, threads=args.recorder_threads,
-                                 tag=tag, processes=args.recorder_processes)
+                                 tag=tag)
         recorded_for, recording_ended = time.monotonic() - recorded_from, timezone.now()
         drain_timeout = len(live_cells) / (0.25 * bound) + 60
         drained = wait_drained(None, drain_timeout)
