@@ -496,13 +496,7 @@ class GradeSyncInstitutionAdmin(InstitutionAdmin):
                 self.message_user(request, _("No grade in the LMS differs from the new policy: nothing to resync."), messages.INFO)
             return back
         context = {
-            **self.admin_site.each_context(request),
-            "title": _("Change grade policy: %s") % institution,
-            "institution": institution,
-            "form": form,
-            "opts": self.opts,
-            "original": institution,
-            "has_view_permission": True,
+            **self.grade_policy_context(request, institution, form),
             "previews": [(GradePolicy(p.policy).label, p) for p in (shown if shown is not None else previews())],
             "can_resync": can_resync,
         }

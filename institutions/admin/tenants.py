@@ -146,7 +146,11 @@ class InstitutionAdmin(AuditedAdminMixin, admin.ModelAdmin):
             else:
                 self.message_user(request, _("The grade policy was already that; nothing changed."), messages.INFO)
             return HttpResponseRedirect(reverse("admin:institutions_institution_change", args=[institution.pk]))
-        context = {
+        return TemplateResponse(request, "admin/institutions/grade_policy.html", self.grade_policy_context(request, institution, form))
+
+    def grade_policy_context(self, request: HttpRequest, institution: Institution, form) -> dict:
+        """What every grade policy page shows (grade sync's adds what a change would do)."""
+        return {
             **self.admin_site.each_context(request),
             "title": _("Change grade policy: %s") % institution,
             "institution": institution,
@@ -155,7 +159,6 @@ class InstitutionAdmin(AuditedAdminMixin, admin.ModelAdmin):
             "original": institution,
             "has_view_permission": True,
         }
-        return TemplateResponse(request, "admin/institutions/grade_policy.html", context)
 
 
 # --- Courses, keys and the audit trail --------------------------------------------------------
