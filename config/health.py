@@ -94,15 +94,21 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def _may_see_details(request: HttpRequest) -> bool:
-    """Error texts name hosts and ports: staff, or an address in HEALTH_DETAIL_NETWORKS (loopback by default)."""
-    if getattr(request, "user", None) is not None and request.user.is_authenticated and request.user.is_staff:
-        return True
+def client_in(request: HttpRequest, networks: list[str]) -> bool:
+    """Whether the request comes from an address in `networks` (the peer's address: behind a load
+    balancer, its own; X-Forwarded-For is not trusted here)."""
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(network, strict=False) for network in settings.HEALTH_DETAIL_NETWORKS)
+    return any(address in ipaddress.ip_network(network, strict=False) for network in networks)
+
+
+def _may_see_details(request: HttpRequest) -> bool:
+    """Error texts name hosts and ports: staff, or an address in HEALTH_DETAIL_NETWORKS (loopback by default)."""
+    if getattr(request, "user", None) is not None and request.user.is_authenticated and request.user.is_staff:
+        return True
+    return client_in(request, settings.HEALTH_DETAIL_NETWORKS)
 
 
 @never_cache

@@ -321,6 +321,9 @@ CELERY_TASK_ROUTES = {"gradesync.deliver_grade": {"queue": "grades"}, "gradesync
 # /readyz shows why a check failed (hosts, ports) and, with ?full=1, the worker and beat heartbeats only
 # to staff and to these networks (comma-separated CIDRs; the load balancer's health checks need neither).
 HEALTH_DETAIL_NETWORKS = env.list("HEALTH_DETAIL_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+# /metrics (gradesync.metrics): Prometheus scrapes with this bearer token, or from these networks.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_NETWORKS = env.list("METRICS_NETWORKS", default=["127.0.0.0/8", "::1/128"])
 CELERY_BEAT_SCHEDULE = {
     "sweep-grade-deliveries": {"task": "gradesync.sweep_deliveries", "schedule": GRADE_SWEEP_INTERVAL_SECONDS},
     # Resync jobs whose planner died: restarted after 15 minutes without progress, failed 45 later; and

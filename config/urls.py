@@ -4,7 +4,7 @@ from django.urls import include, path
 from lti_tool.views import jwks
 
 from config import health
-from gradesync import admin_support
+from gradesync import admin_support, metrics
 from institutions.landing import landing
 from institutions.tool_configuration import JWKS_PATH
 from staff import time_zone_page
@@ -13,6 +13,8 @@ urlpatterns = [
     # For load balancers and on-call (config.health): liveness, and readiness of the dependencies.
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    # For Prometheus (gradesync.metrics): a token or an allow-listed network, never public.
+    path("metrics", metrics.metrics_view, name="metrics"),
     # Public: what this service is, with links to the admin, the sandbox LMS (when on) and the JWKS; "View site".
     path("", landing, name="landing"),
     # Support pages (why a grade did not sync, sync health): before the admin's own catch-alls.

@@ -29,6 +29,8 @@ from requests.adapters import HTTPAdapter
 from institutions.keys import tool_signing_key
 from institutions.redaction import redact
 
+from . import counters
+
 SCORE_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
 LINEITEM_READ_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
 RESULT_READ_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/result.readonly"
@@ -119,7 +121,9 @@ def _fetch_token(registration: LtiRegistration, scopes: tuple[str, ...], deploym
     try:
         response = http_session().post(registration.token_url, data=data, timeout=timeouts())
     except requests.RequestException as error:
+        counters.count("token_requests", code="none")
         raise AgsError(f"token endpoint unreachable: {error}") from error
+    counters.count("token_requests", code=response.status_code)
     try:
         # Moodle answers with a text/html content type: parse the body as JSON whatever it says.
         body = json.loads(response.text)

@@ -36,6 +36,12 @@ def _age(key: str, what: str) -> str:
     return "ok"
 
 
+def ages() -> dict[str, float | None]:
+    """Seconds since each heartbeat (None: never), for /metrics."""
+    marks = {"beat": cache.get(BEAT_KEY), "worker": cache.get(WORKER_KEY)}
+    return {process: (time.time() - mark["at"]) if mark else None for process, mark in marks.items()}
+
+
 def report() -> dict[str, str]:
     """{"beat": "ok" or why not, "worker": …}."""
     return {"beat": _age(BEAT_KEY, "beat"), "worker": _age(WORKER_KEY, "worker")}

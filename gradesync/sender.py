@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from institutions.models import LmsFamily
 
-from . import ags, line_items, outbox, queue, wakeups
+from . import ags, counters, line_items, outbox, queue, wakeups
 from .models import OPEN_STATUSES, Delivery, DeliveryExchange, ResyncJob, ResyncJobStatus
 from .outcomes import Outcome, classify
 
@@ -167,6 +167,8 @@ class _Sender:
         self.outcomes: dict[int, str] = {}
         self.exchanges: list[DeliveryExchange] = []
         self.landings: list[outbox.Landing] = []
+        self.tally = counters.Tally()  # for /metrics, added to the shared counters with each batch
+        self.live_latency: dict[int, float] = {}  # a live grade sent: seconds from recorded to the LMS's answer
         self.lingering = False
         self.post_seconds = 0.0  # how long the LMS takes to answer a score, a moving average
         self.shared_at = 0.0  # when this sender last woke the LMS's free slots for a backlog
@@ -272,7 +274,14 @@ class _Sender:
             DeliveryExchange.objects.bulk_create(self.exchanges)
         self.exchanges = []
         landings, self.landings = self.landings, []
-        self.outcomes.update(outbox.write_landings(landings))
+        results = outbox.write_landings(landings)
+        self.outcomes.update(results)
+        latency, self.live_latency = self.live_latency, {}
+        for delivery_id, result in results.items():
+            self.tally.landed("superseded" if result.startswith("superseded") else result)
+            if result == "sent" and delivery_id in latency:
+                self.tally.latency(latency[delivery_id])
+        self.tally.flush()
 
     def token_for(self, scopes: tuple[str, ...], deployment_id: str, rejected: str | None = None) -> str:
         if rejected is None and scopes in self.tokens:
@@ -372,6 +381,7 @@ class _Sender:
         return held is not None and abs(held - float(delivery.score)) < 1e-4
 
     def exchange(self, delivery, status_code, outcome, body, duration_ms, payload, timestamp) -> None:
+        self.tally.response(self.lms.family, status_code)
         self.exchanges.append(
             DeliveryExchange(
                 delivery=delivery,
@@ -389,6 +399,8 @@ class _Sender:
         """What became of the send, written with the rest of the batch (`flush`)."""
         landing = outbox.land(delivery, outcome, status_code, message, **kwargs)
         self.landings.append(landing)
+        if landing.result == "sent" and not delivery.is_resync:
+            self.live_latency[delivery.pk] = (landing.sent_at - delivery.recorded_at).total_seconds()
         if landing.result == "retrying" and kwargs.get("advice_retry_after") is None:
             # Throttled, failing or unreachable: the rest of this LMS's rows wait as long as this one.
             self.stop(landing.wait, f"Held back: the LMS answered another grade with a retry. {message}"[:500])

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from . import wakeups
+from . import counters, wakeups
 from .models import Delivery, DeliveryStatus
 
 STALE_CLAIM_SECONDS = 300  # default of settings.GRADE_DELIVERY_STALE_CLAIM_SECONDS
@@ -43,4 +43,5 @@ def sweep(*, batch: int = 2000) -> dict[str, int]:
         .values_list("pk", "registration_id", "is_resync")[:batch]
     )
     counts["requeued"] = wakeups.wake_senders(list(due))
+    counters.add({counters.field("sweeper", outcome=name): value for name, value in counts.items()})
     return counts
