@@ -13,6 +13,8 @@ import uuid
 
 from celery.beat import PersistentScheduler
 
+from config import redis_sentinel
+
 logger = logging.getLogger(__name__)
 
 LEADER_KEY = "celery-beat-leader"
@@ -34,18 +36,20 @@ return 0
 """
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", redis_sentinel.SCHEME)
+
+
 def _redis_for(app):
     """The broker's Redis (or the shared cache's), or None."""
     url = str(app.conf.broker_url or "")
-    if not url.startswith(("redis://", "rediss://")):
+    if not url.startswith(_REDIS_SCHEMES):
         from django.conf import settings
 
-        url = str(settings.CACHES["default"].get("LOCATION") or "")
-        if not url.startswith(("redis://", "rediss://")):
+        location = settings.CACHES["default"].get("LOCATION") or ""
+        url = str(location[0] if isinstance(location, list) else location)
+        if not url.startswith(_REDIS_SCHEMES):
             return None
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return redis_sentinel.client(url)
 
 
 class LeaderScheduler(PersistentScheduler):

@@ -10,6 +10,7 @@ import secrets
 import environ
 from django.core.exceptions import ImproperlyConfigured
 from csp.constants import NONCE as CSP_NONCE, NONE as CSP_NONE, SELF as CSP_SELF, UNSAFE_INLINE as CSP_UNSAFE_INLINE
+from config import redis_sentinel
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -101,6 +102,15 @@ WSGI_APPLICATION = "config.wsgi.application"
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Behind PgBouncer in transaction pooling (DATABASE_POOLING=transaction): a connection is the server's
+# only for one transaction, so nothing may outlive one. Server-side cursors (QuerySet.iterator) do;
+# prepared statements would too, and Django's psycopg default already makes none (prepare_threshold None).
+# What remains is transaction-scoped by design: SELECT … FOR UPDATE SKIP LOCKED, pg_advisory_xact_lock.
+DATABASE_POOLING = env("DATABASE_POOLING", default="session")
+if DATABASE_POOLING not in ("session", "transaction"):
+    raise ImproperlyConfigured(f"DATABASE_POOLING is {DATABASE_POOLING!r}: use session (the default) or transaction (PgBouncer's transaction pooling)")
+if DATABASE_POOLING == "transaction":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite serialises writers; wait instead of failing with "database is locked". WAL: `make run`'s
     # web, worker and beat are separate processes, and readers (pages, progress polls) then never wait
@@ -133,6 +143,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # (django.db.close_old_connections, honouring CONN_MAX_AGE and CONN_HEALTH_CHECKS).
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+if redis_sentinel.is_sentinel(CELERY_BROKER_URL):
+    # sentinel://host:26379;sentinel://host2:26379/0: the Sentinels name the master (config.redis_sentinel).
+    CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = redis_sentinel.master_name()
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # `make run`'s broker: kombu's filesystem transport, one file per message under CELERY_BROKER_FOLDER,
     # no server; for web, worker and beat on one machine. config/celery.py makes the folders. Its host
@@ -155,10 +168,20 @@ def _default_cache_url() -> str:
     broker = env("CELERY_BROKER_URL", default="")
     if broker.startswith("redis://"):
         return broker.rsplit("/", 1)[0] + "/1"
+    if redis_sentinel.is_sentinel(broker):
+        return ";".join(part.split("/")[0] + "//" + part.split("/")[2] for part in broker.split(";")) + "/1"
     return f"filecache://{BASE_DIR / '.cache' / 'django'}"
 
 
-CACHES = {"default": env.cache_url("CACHE_URL", default=_default_cache_url())}
+def _cache(url: str) -> dict:
+    if redis_sentinel.is_sentinel(url):
+        # A list of one: Django would split a string at ";" into a primary and replicas.
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": [url],
+                "OPTIONS": {"pool_class": "config.redis_sentinel.SentinelPool"}}
+    return env.cache_url_config(url)
+
+
+CACHES = {"default": _cache(env("CACHE_URL", default=_default_cache_url()))}
 
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 # LMSes frame our pages: over https courseware.middleware.FramedCookiesMiddleware makes the
