@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from lti_tool.models import LtiDeployment, LtiLineItem, LtiResourceLink, LtiUser
 
+from config.log_format import bind
 from institutions.models import Course
 
 from . import ledger, notice_handlers, queue, resync
@@ -62,20 +63,22 @@ def record_result(
     """
     if not (0 <= score <= 1):
         raise ValueError(f"score must be a fraction between 0 and 1, not {score}")
-    return ledger.record_result(
-        source_ref=source_ref,
-        lti_user=lti_user,
-        course=course,
-        activity_key=activity_key,
-        activity_title=activity_title,
-        resource_link=resource_link,
-        score=score,
-        completed_at=completed_at,
-        launch_role=launch.role,
-        launched_course=launch.course,
-        launch_deployment=launch.deployment,
-        link_graded=link_graded,
-    )
+    # The institution on the log lines of recording; no query (the course row carries its id).
+    with bind(institution=course.institution_id):
+        return ledger.record_result(
+            source_ref=source_ref,
+            lti_user=lti_user,
+            course=course,
+            activity_key=activity_key,
+            activity_title=activity_title,
+            resource_link=resource_link,
+            score=score,
+            completed_at=completed_at,
+            launch_role=launch.role,
+            launched_course=launch.course,
+            launch_deployment=launch.deployment,
+            link_graded=link_graded,
+        )
 
 
 def record_launch_endpoints(

@@ -18,6 +18,7 @@ cooperatively) and under threaded servers alike.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import queue
 import re
@@ -264,20 +265,60 @@ class _Headers:
         return self.environ.get(key, default)
 
 
+class InFlight:
+    """Score POSTs being answered now, per bearer token (a tool's registration holds one), and the most
+    seen at once per registration since the process started: how a drill checks a tool's in-flight
+    limit held across all its hosts. Per process: run the sandbox with one (gevent) worker to count all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._now: dict[str, int] = {}
+        self.most: dict[int, int] = {}
+
+    def enter(self, token: str) -> int:
+        with self._lock:
+            self._now[token] = self._now.get(token, 0) + 1
+            return self._now[token]
+
+    def leave(self, token: str, registration_id: int | None, at_entry: int) -> None:
+        with self._lock:
+            self._now[token] -= 1
+            if not self._now[token]:
+                del self._now[token]
+            if registration_id is not None:
+                self.most[registration_id] = max(self.most.get(registration_id, 0), at_entry)
+
+
+IN_FLIGHT = InFlight()
+IN_FLIGHT_PATH = "/sandbox-lms/api/in-flight"
+
+
 class ScoresFront:
-    """WSGI: the scores endpoint here, everything else to `app` (Django)."""
+    """WSGI: the scores endpoint here (and its in-flight tally), everything else to `app` (Django)."""
 
     def __init__(self, app: Callable) -> None:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") == "POST":
-            match = SCORES_PATH.fullmatch(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+            match = SCORES_PATH.fullmatch(path)
             if match:
-                return self.scores(environ, start_response, int(match.group(1)))
+                token = environ.get("HTTP_AUTHORIZATION") or ""
+                at_entry = IN_FLIGHT.enter(token)
+                registration_id = None
+                try:
+                    answer, registration_id = self.scores(environ, start_response, int(match.group(1)))
+                    return answer
+                finally:
+                    IN_FLIGHT.leave(token, registration_id, at_entry)
+        elif path == IN_FLIGHT_PATH and environ.get("REQUEST_METHOD") == "GET":
+            body = json.dumps({"most_in_flight": {str(k): v for k, v in IN_FLIGHT.most.items()}}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
         return self.app(environ, start_response)
 
-    def scores(self, environ: dict[str, Any], start_response: Callable, pk: int) -> Iterable[bytes]:
+    def scores(self, environ: dict[str, Any], start_response: Callable, pk: int) -> tuple[Iterable[bytes], int | None]:
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -305,9 +346,9 @@ class ScoresFront:
         if exchange.dropped:
             behaviour.drop_connection(environ)
             start_response("499 Client Closed Request", [("Content-Length", "0")])
-            return [b""]
+            return [b""], exchange.registration_id
         headers = [("Content-Type", exchange.content_type), ("Content-Length", str(len(exchange.body)))]
         headers.extend(exchange.headers.items())
         reason = exchange.reason or _REASONS.get(exchange.status, "Unknown")
         start_response(f"{exchange.status} {reason}", headers)
-        return [exchange.body]
+        return [exchange.body], exchange.registration_id

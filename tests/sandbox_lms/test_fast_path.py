@@ -188,3 +188,26 @@ def test_other_requests_go_to_django(sandbox, fast_url):
 
     assert line_item.status_code == 200 and line_item.json()["scoreMaximum"] == sandbox.line_item.score_maximum
     assert get_scores.status_code == 405
+
+
+def test_the_most_score_posts_in_flight_at_once_are_counted_per_registration(sandbox, fast_url):
+    # A slow LMS: three posts sent together are all in flight at once.
+    fast.IN_FLIGHT.most.clear()  # the tally is the process's; registration ids may repeat across tests
+    api.set_faults(registration=sandbox.registration, latency_ms=300)
+    api.forget_caches()
+    service = ServiceClient(sandbox)
+    service.token  # noqa: B018 — fetched once, before the posts race for it
+    students = sandbox.students[:3]
+    answers = []
+    threads = [threading.Thread(target=lambda s=s: answers.append(
+        service.post_score(s, line_item_url=fast_url(sandbox.line_item_url)).status_code)) for s in students]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [200, 200, 200]
+    tally = requests.get(fast_url(sandbox.line_item_url).split("/sandbox-lms/")[0] + fast.IN_FLIGHT_PATH, timeout=5).json()
+    assert tally["most_in_flight"][str(sandbox.registration.pk)] == 3
+    # One more post alone does not lower the most seen.
+    assert service.post_score(students[0], line_item_url=fast_url(sandbox.line_item_url)).status_code == 200
+    assert fast.IN_FLIGHT.most[sandbox.registration.pk] == 3
