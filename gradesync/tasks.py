@@ -37,6 +37,8 @@ def sweep_deliveries() -> dict[str, int]:
     return sweeper.sweep()
 
 
+# The resync tasks bind only the job: its institution is not in the task's arguments, and reading it
+# here would cost a query per task (resync reads the job itself).
 @shared_task(name=RUN_RESYNC_JOB, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def run_resync_job(job_id: int) -> str:
     """Plan a resync job's grades in batches (on the resync queue); re-queues itself to continue."""

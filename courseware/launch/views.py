@@ -12,6 +12,8 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 from lti_tool.views import LtiLaunchBaseView, OIDCLoginInitView
 
+from config.log_format import bind
+
 from ..framing import framed_at_the_door, framed_by_launch, launch_frame_origins
 from ..models import Activity, ActivityKind, LaunchRole
 from ..services import placed_activities
@@ -82,8 +84,11 @@ class LaunchView(LtiLaunchBaseView):
             if refusal.return_url:
                 return HttpResponseRedirect(with_lti_message(refusal.return_url, errormsg=refusal.reason))
             return refused(request, refusal.reason, status=refusal.status)
-        launch, activity_link = record_launch(verified)
-        register_for_copy_notices(request, launch)
+        # The launch's institution and registration on the log lines of what it writes and queues (no query:
+        # verify_launch selected the deployment's ownership).
+        with bind(institution=verified.deployment.ownership.institution_id, registration=verified.deployment.registration_id):
+            launch, activity_link = record_launch(verified)
+            register_for_copy_notices(request, launch)
         bind_session_to_launch(request, launch, frame_origins=launch_frame_origins(launch, request=request))
         if launch.message_type == DEEP_LINKING_REQUEST:
             return HttpResponseRedirect(reverse("lti-pick"))
