@@ -35,3 +35,5 @@ handler403 = "staff.views.permission_denied"
 
 if settings.SANDBOX_LMS:
     urlpatterns.append(path("sandbox-lms/", include("sandbox_lms.urls")))
+# A database, cache or broker that does not answer: 503 with Retry-After, not a 500 (config.outages).
+handler500 = "config.outages.server_error"

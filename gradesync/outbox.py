@@ -162,6 +162,10 @@ class Landing:
     sent_at: datetime.datetime | None = None
     last_timestamp: datetime.datetime | None = None  # the score timestamp sent, when it landed
     version: int | None = None  # a send lands as sent only if no newer grade replaced it meanwhile
+    # The claim the send was made under: a landing is written only while the row is still under it. A
+    # sender cut off from the database past the stale-claim time (the sweeper gave its rows to another
+    # worker) must not overwrite what the other worker wrote when it comes back.
+    claimed_at: datetime.datetime | None = None
 
 
 def land(
@@ -177,7 +181,7 @@ def land(
 ) -> Landing:
     """Decide what a send's outcome makes of the row (nothing is written here)."""
     now = timezone.now()
-    common = {"delivery_id": delivery.pk, "status_code": status_code, "message": message}
+    common = {"delivery_id": delivery.pk, "status_code": status_code, "message": message, "claimed_at": delivery.claimed_at}
     if outcome == Outcome.SENT:
         # Sent — unless a newer grade arrived while we were sending: then it is due again at once
         # (the sender holding this LMS's slot takes it in its next batch).
@@ -208,11 +212,13 @@ UPDATE gradesync_delivery AS d SET
     last_timestamp = COALESCE(v.last_timestamp, d.last_timestamp),
     claimed_at = NULL,
     answer_lost = FALSE
-FROM (VALUES {rows}) AS v(id, version, superseded_by_newer, status, next_attempt_at, sent_at, status_code, message, last_timestamp)
-WHERE d.id = v.id
+FROM (VALUES {rows}) AS v(id, version, superseded_by_newer, status, next_attempt_at, sent_at, status_code, message, last_timestamp, claimed_at)
+WHERE d.id = v.id AND d.status = 'sending' AND d.claimed_at = v.claimed_at
 RETURNING d.id, d.status
 """
-_LANDING_ROW = "(%s::bigint, %s::integer, %s::boolean, %s::varchar, %s::timestamptz, %s::timestamptz, %s::smallint, %s::text, %s::timestamptz)"
+_LANDING_ROW = ("(%s::bigint, %s::integer, %s::boolean, %s::varchar, %s::timestamptz, %s::timestamptz, %s::smallint, %s::text,"
+                " %s::timestamptz, %s::timestamptz)")
+CLAIM_LOST = "claim lost"  # the sweeper gave the row to another sender meanwhile: this send's landing is not written
 
 
 def write_landings(landings: list[Landing]) -> dict[int, str]:
@@ -228,13 +234,16 @@ def write_landings(landings: list[Landing]) -> dict[int, str]:
     for landing in landings:
         guarded = landing.status == DeliveryStatus.SENT
         params += [landing.delivery_id, landing.version or 0, guarded, landing.status, landing.next_attempt_at,
-                   landing.sent_at, landing.status_code, landing.message, landing.last_timestamp]
+                   landing.sent_at, landing.status_code, landing.message, landing.last_timestamp, landing.claimed_at]
     sql = _WRITE_LANDINGS.format(rows=", ".join([_LANDING_ROW] * len(landings)))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for delivery_id, status in cursor.fetchall():
-            if results[delivery_id] == "sent" and status == DeliveryStatus.PENDING:
-                results[delivery_id] = "superseded while sending"
+        written = dict(cursor.fetchall())
+    for delivery_id in results:
+        if delivery_id not in written:
+            results[delivery_id] = CLAIM_LOST
+        elif results[delivery_id] == "sent" and written[delivery_id] == DeliveryStatus.PENDING:
+            results[delivery_id] = "superseded while sending"
     return results
 
 
@@ -245,7 +254,9 @@ def _write_landing(landing: Landing) -> str:
     }
     if landing.last_timestamp is not None:
         fields["last_timestamp"] = landing.last_timestamp
-    rows = Delivery.objects.filter(pk=landing.delivery_id)
+    rows = Delivery.objects.filter(pk=landing.delivery_id, status=DeliveryStatus.SENDING, claimed_at=landing.claimed_at)
+    if not rows.exists():
+        return CLAIM_LOST
     if landing.status == DeliveryStatus.SENT:
         if rows.filter(version=landing.version).update(status=DeliveryStatus.SENT, sent_at=landing.sent_at,
                                                        next_attempt_at=None, **fields):

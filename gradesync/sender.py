@@ -278,7 +278,7 @@ class _Sender:
         self.outcomes.update(results)
         latency, self.live_latency = self.live_latency, {}
         for delivery_id, result in results.items():
-            self.tally.landed("superseded" if result.startswith("superseded") else result)
+            self.tally.landed("superseded" if result.startswith("superseded") else result.replace(" ", "_"))
             if result == "sent" and delivery_id in latency:
                 self.tally.latency(latency[delivery_id])
         self.tally.flush()

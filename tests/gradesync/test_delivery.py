@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from courseware.models import Activity, ActivityKind, ActivityLink, Launch
 from gradesync import api as gradesync_api
-from gradesync import ledger, queue, sender, sweeper, wakeups
+from gradesync import ledger, outbox, queue, sender, sweeper, wakeups
+from gradesync.outcomes import Outcome
 from gradesync.models import Delivery, DeliveryExchange, DeliveryStatus, Result
 from institutions.models import GradePolicy
 from sandbox_lms import api as sandbox
@@ -333,6 +334,25 @@ def test_a_worker_killed_mid_send_is_reclaimed_by_the_sweeper(canvas):
     Delivery.objects.update(status=DeliveryStatus.SENDING, claimed_at=timezone.now() - datetime.timedelta(minutes=10))
     counts = sweeper.sweep()
     assert counts["reclaimed"] == 1
+    assert Delivery.objects.get().status == DeliveryStatus.SENT and canvas.gradebook(student) == pytest.approx(12)
+
+
+def test_a_sender_back_after_its_claim_was_taken_over_does_not_overwrite_the_row(canvas):
+    # A worker host lost its network mid-batch: the sweeper gave its rows to another worker, which sent
+    # them. When the first comes back, its late "retrying" must not undo the other's "sent".
+    student = canvas.connected.students[0]
+    sandbox.set_faults(registration=canvas.connected.seeded.registration, error_rate=1.0)
+    sandbox.forget_caches()
+    canvas.finish(canvas.launch(student), "0.6")
+    Delivery.objects.update(next_attempt_at=timezone.now())
+    [claimed] = outbox.batch_to_send(outbox.claim_batch(canvas.connected.registration.pk, 10))
+    late = outbox.land(claimed, Outcome.RETRY, 503, "The LMS answered 503")
+    Delivery.objects.update(claimed_at=timezone.now() - datetime.timedelta(minutes=10))
+    sandbox.set_faults(registration=canvas.connected.seeded.registration)
+    sandbox.forget_caches()
+    assert sweeper.sweep()["reclaimed"] == 1
+    assert Delivery.objects.get().status == DeliveryStatus.SENT
+    assert outbox.write_landings([late]) == {claimed.pk: outbox.CLAIM_LOST}
     assert Delivery.objects.get().status == DeliveryStatus.SENT and canvas.gradebook(student) == pytest.approx(12)
 
 
