@@ -20,7 +20,7 @@ from lti_tool.models import LtiUser
 
 from institutions.models import Course, Institution
 
-from . import admin_links, diagnostics, health
+from . import admin_links, diagnostics, health, heartbeats
 from .models import Delivery, Result
 from .resync import RESYNC_PERMISSION
 from .resync import policy_drift as resync_policy_drift
@@ -152,6 +152,8 @@ def health_view(request: HttpRequest) -> HttpResponse:
         institutions=Institution.objects.order_by("name").only("pk", "name"),
         hours=hours,
         states=health.STATE_LABELS,
+        # Beat and the workers, read fresh: a stopped beat means no sweeper and no resync watchdog.
+        processes=heartbeats.report(),
     )
     return TemplateResponse(request, "admin/gradesync/support/health.html", context)
 

@@ -353,3 +353,21 @@ def test_beat_rolls_up_the_hours(outbox, settings):
     assert {entry.get("kwargs", {}).get("full", False) for entry in scheduled} == {False, True}
     assert roll_up_delivery_hours.run()["hours"] >= 166  # the week's closed hours
     assert roll_up_delivery_hours.run(full=True)["rows"] > 0
+
+
+def test_the_page_says_when_beat_or_the_workers_stopped(client_for):
+    from django.core.cache import cache
+
+    from gradesync import heartbeats
+
+    client = client_for(SUPPORT)
+    page = unescape(client.get(reverse("gradesync_health")).content.decode())
+    assert "beat (sweeper, resync watchdog): no beat heartbeat yet" in page and "workers: no worker heartbeat yet" in page
+    heartbeats.beat_published()
+    heartbeats.worker_ran("worker-1@host")
+    page = unescape(client.get(reverse("gradesync_health")).content.decode())
+    assert "beat (sweeper, resync watchdog): running" in page and "workers: running" in page
+    stale = cache.get(heartbeats.BEAT_KEY)
+    cache.set(heartbeats.BEAT_KEY, {**stale, "at": stale["at"] - 600}, 60)
+    page = unescape(client.get(reverse("gradesync_health")).content.decode())
+    assert re.search(r"beat \(sweeper, resync watchdog\): last beat heartbeat 60\d s ago", page)
