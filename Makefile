@@ -5,7 +5,7 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test serve demo worker beat web bench drills fuzz lint clean node_modules
+.PHONY: run test serve demo worker beat web bench drills drill-hosts fuzz lint clean node_modules
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ bench: venv
 
 drills: venv
 	$(PY) scripts/drills.py $(DRILLS_ARGS)
+
+## The multi-host drill (scripts/drill_hosts.py): 2 web hosts behind HAProxy, 2 worker and 2 beat hosts, in network
+## namespaces it makes and removes (10.77.0.0/24), losing hosts while students take quizzes. Needs root.
+drill-hosts: venv
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || apt-get install -y -q haproxy
+	$(PY) scripts/drill_hosts.py $(DRILL_HOSTS_ARGS)
 
 ## Fuzz the LTI login and launch endpoints (Hypothesis, FUZZ_EXAMPLES in all; see docs/benchmarks.md).
 FUZZ_EXAMPLES ?= 10000

@@ -47,8 +47,12 @@ log = bench.log
 
 
 class PrivatePostgres:
-    def __init__(self, port: int) -> None:
+    """`host`: the address it listens on; `prefix`: what its commands run under (e.g. `ip netns exec NS`)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> None:
         self.port = port
+        self.host = host
+        self.prefix = list(prefix)
         self.dir = Path(tempfile.mkdtemp(prefix="drills-pg-"))
         self.data = self.dir / "data"
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -56,44 +60,58 @@ class PrivatePostgres:
             shutil.chown(self.dir, "postgres", "postgres")
 
     def _run(self, *args: str, timeout: float = 60) -> None:
-        subprocess.run([*self.as_user, *args], check=True, timeout=timeout, stdout=subprocess.DEVNULL,
+        subprocess.run([*self.prefix, *self.as_user, *args], check=True, timeout=timeout, stdout=subprocess.DEVNULL,
                        stderr=subprocess.STDOUT, start_new_session=True)
 
     def init(self) -> None:
         self._run(shutil.which("initdb") or "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        if self.host != "127.0.0.1":
+            # initdb trusts loopback only: trust the subnet this server sits on too (the drill's own hosts).
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
         self.start()
 
     def start(self) -> None:
         self._run(shutil.which("pg_ctl") or "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", "-o",
-                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c max_connections=80 -c fsync=off",
+                  f"-p {self.port} -c listen_addresses={self.host} -k {self.dir} -c max_connections=150 -c fsync=off",
                   "start")
 
     def restart(self) -> None:
         self._run(shutil.which("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "restart")
 
-    def stop(self) -> None:
+    def stop(self, keep_log: Path | None = None) -> None:
         try:
             self._run(shutil.which("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)
         except Exception:  # noqa: BLE001
             pass
+        if keep_log is not None and (self.dir / "pg.log").exists():
+            shutil.copy(self.dir / "pg.log", keep_log)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @property
     def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/drills"
+        return f"postgres://postgres@{self.host}:{self.port}/drills"
+
+    def create_database(self) -> None:
+        subprocess.run([*self.prefix, *self.as_user, "psql", "-h", self.host, "-p", str(self.port), "-U", "postgres", "-q",
+                        "-c", "CREATE DATABASE drills"], check=True, stdout=subprocess.DEVNULL)
 
 
 class PrivateRedis:
-    def __init__(self, port: int, processes: bench.Processes) -> None:
+    def __init__(self, port: int, processes: bench.Processes, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> None:
         self.port = port
+        self.host = host
+        self.prefix = list(prefix)
         self.processes = processes
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = self.processes.start(
-            "redis", [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-                      "--save", "", "--appendonly", "no", "--daemonize", "no"], dict(os.environ))
-        bench.wait_for_port(self.port, process=self.process)
+            "redis", [*self.prefix, shutil.which("redis-server") or "redis-server", "--bind", self.host, "--port", str(self.port),
+                      "--save", "", "--appendonly", "no", "--daemonize", "no",
+                      # Off the loopback (the multi-host drill's own subnet), Redis refuses clients unless told.
+                      "--protected-mode", "yes" if self.host == "127.0.0.1" else "no"], dict(os.environ))
+        bench.wait_for_port(self.port, process=self.process, host=self.host)
 
     def kill(self) -> None:
         if self.process is not None:
@@ -120,8 +138,7 @@ class Stage:
 
     def up(self) -> None:
         self.pg.init()
-        subprocess.run([*self.pg.as_user, "psql", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres", "-q",
-                        "-c", "CREATE DATABASE drills"], check=True, stdout=subprocess.DEVNULL)
+        self.pg.create_database()
         self.redis.start()
         redis_base = f"redis://127.0.0.1:{self.redis.port}"
         self.env = bench.configure_django(self.pg.url, f"{redis_base}/0", f"{redis_base}/1", extra={
@@ -245,7 +262,7 @@ class Run:
         from django.db import close_old_connections
 
         from gradesync.models import OPEN_STATUSES, Delivery, DeliveryStatus
-        from sandbox_lms.models import SandboxRequestLog, SandboxResult
+        from sandbox_lms.models import SandboxResult
 
         close_old_connections()
         mine = Delivery.objects.filter(registration=self.regs[0]["tool"])
@@ -268,23 +285,7 @@ class Run:
                 wrong.append(f"{cell.activity_key}/{cell.lti_user.sub[-6:]}: LMS {value}, policy {float(score) * 100}")
         if wrong:
             problems.append(f"{len(wrong)} cells differ from the policy, e.g. {wrong[:2]}")
-        # The request log: accepted score POSTs per cell, in order.
-        accepted: dict[tuple[str, str], list[tuple[str, float]]] = {}
-        posts = 0
-        for entry in SandboxRequestLog.objects.filter(registration=self.sandbox_registration, method="POST",
-                                                     path__contains="/scores").order_by("id"):
-            posts += 1
-            if entry.status is None or not 200 <= entry.status < 300:
-                continue
-            try:
-                body = json.loads(entry.request_body)
-            except ValueError:
-                continue
-            accepted.setdefault((entry.path.split("?")[0], body["userId"]), []).append(
-                (body["timestamp"], body.get("scoreGiven")))
-        out_of_order = sum(1 for seq in accepted.values()
-                           if any(_ts(b[0]) < _ts(a[0]) for a, b in zip(seq, seq[1:])))
-        duplicates = sum(len(seq) - len({score for _, score in seq}) for seq in accepted.values())
+        posts, duplicates, out_of_order = score_posts(self.sandbox_registration)
         deliveries = mine.count()
         if out_of_order:
             problems.append(f"{out_of_order} cells took an older timestamp after a newer one")
@@ -293,6 +294,28 @@ class Run:
         log(f"  {self.name}: {deliveries} deliveries {statuses}; {posts} score POSTs, "
             f"{duplicates} duplicates; {self.failed_records} failed record attempts retried")
         return "; ".join(problems) or None
+
+
+def score_posts(sandbox_registration) -> tuple[int, int, int]:
+    """From the sandbox's request log of one registration: score POSTs, duplicates (a cell accepting the
+    same score twice) and cells that accepted an older timestamp after a newer one."""
+    from sandbox_lms.models import SandboxRequestLog
+
+    accepted: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    posts = 0
+    for entry in SandboxRequestLog.objects.filter(registration=sandbox_registration, method="POST",
+                                                 path__contains="/scores").order_by("id"):
+        posts += 1
+        if entry.status is None or not 200 <= entry.status < 300:
+            continue
+        try:
+            body = json.loads(entry.request_body)
+        except ValueError:
+            continue
+        accepted.setdefault((entry.path.split("?")[0], body["userId"]), []).append((body["timestamp"], body.get("scoreGiven")))
+    out_of_order = sum(1 for seq in accepted.values() if any(_ts(b[0]) < _ts(a[0]) for a, b in zip(seq, seq[1:])))
+    duplicates = sum(len(seq) - len({score for _, score in seq}) for seq in accepted.values())
+    return posts, duplicates, out_of_order
 
 
 def _ts(text: str) -> datetime.datetime:

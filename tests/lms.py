@@ -47,15 +47,17 @@ def connect(
     profile: str = "canvas",
     active: bool = True,
     owned: bool = True,
+    lms_url: str | None = None,
     **seed: Any,
 ) -> Connected:
+    """`lms_url`: where the sandbox LMS is served, when not beside the tool at `base_url` (the multi-host drill)."""
     Key.objects.filter(is_active=True).exists() or Key.objects.generate()
     client_id = f"tool-{uuid.uuid4().hex[:8]}"
     deployment_id = f"dep-{uuid.uuid4().hex[:8]}"
     registration = LtiRegistration(name=f"Sandbox {profile}", client_id=client_id, uuid=uuid.uuid4())
     urls = tool_urls(base_url, registration)
     seeded = api.seed_platform(
-        base_url=f"{base_url}/sandbox-lms",
+        base_url=f"{lms_url or base_url}/sandbox-lms",
         client_id=client_id,
         deployment_id=deployment_id,
         login_url=urls["login"],
