@@ -145,10 +145,29 @@ def upsert_course_from_launch(
     ends_at = parse_lms_datetime(end_value, end_of_day=True)
     if starts_at and ends_at and ends_at < starts_at:
         starts_at = ends_at = None
-    course, created = Course.objects.select_for_update().get_or_create(
-        context=context,
-        defaults={"institution": institution, "deployment": deployment, "title": title},
-    )
+    course = Course.objects.filter(context=context).first()
+    created = False
+    if course is None or _course_changes(course, deployment, institution, title, starts_at, ends_at):
+        # Locked only to create or change it: a launch of an unchanged course (nearly all) takes no lock on
+        # it, so it never waits for a submit's foreign-key checks on the course while holding the resource
+        # link django-lti just locked — the deadlock the multi-host drill found.
+        course, created = Course.objects.select_for_update().get_or_create(
+            context=context,
+            defaults={"institution": institution, "deployment": deployment, "title": title},
+        )
+        fields = _course_changes(course, deployment, institution, title, starts_at, ends_at)
+        if fields:
+            for name, value in fields.items():
+                setattr(course, name, value)
+            course.save(update_fields=[*fields, "updated_at"])
+    if created or not course.copied_from_id:
+        link_copied_course(course=course, context_history=context_history, new=created)
+    return course
+
+
+def _course_changes(course: Course, deployment: LtiDeployment, institution: Institution, title: str,
+                    starts_at: datetime.datetime | None, ends_at: datetime.datetime | None) -> dict[str, object]:
+    """What a launch changes in its course: title, deployment, owner, LMS dates (never dates set by support)."""
     fields: dict[str, object] = {}
     if course.title != title and title:
         fields["title"] = title
@@ -164,13 +183,7 @@ def upsert_course_from_launch(
                 fields.update(starts_at=new_start, ends_at=new_end)
             if course.dates_source != CourseDatesSource.LMS:
                 fields["dates_source"] = CourseDatesSource.LMS
-    if fields:
-        for name, value in fields.items():
-            setattr(course, name, value)
-        course.save(update_fields=[*fields, "updated_at"])
-    if created or not course.copied_from_id:
-        link_copied_course(course=course, context_history=context_history, new=created)
-    return course
+    return fields
 
 
 # --- Course copy lineage ------------------------------------------------------------------------

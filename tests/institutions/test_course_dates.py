@@ -62,3 +62,19 @@ class TestCourseFromLaunch:
         course = self._upsert(course, "2026-09-01", "2026-12-20")
         assert course.starts_at == datetime.datetime(2026, 1, 1, tzinfo=UTC)
         assert course.dates_source == CourseDatesSource.SUPPORT
+
+    def test_a_launch_of_an_unchanged_course_locks_and_writes_nothing(self, two_institutions):
+        # Launches run beside submits whose grade rows check their foreign keys to the course at commit:
+        # a lock taken on every launch deadlocked them (the multi-host drill). Only a change takes one.
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        course = self._upsert(CourseFactory(institution=two_institutions[0]), "2026-09-01", "2026-12-20")
+        with CaptureQueriesContext(connection) as unchanged:
+            self._upsert(course, "2026-09-01", "2026-12-20")
+        statements = [q["sql"] for q in unchanged.captured_queries]
+        assert not [sql for sql in statements if "FOR UPDATE" in sql or sql.startswith("UPDATE")], statements
+        with CaptureQueriesContext(connection) as changed:
+            course = self._upsert(course, "2026-09-02", "2026-12-20")
+        assert any("FOR UPDATE" in q["sql"] for q in changed.captured_queries) or connection.vendor == "sqlite"
+        assert course.starts_at == datetime.datetime(2026, 9, 2, tzinfo=UTC)
