@@ -488,6 +488,27 @@ def check(course: Course, students: list[Student], drain_timeout: float) -> tupl
     return problems, figures
 
 
+def secrets_in_logs(logs: Path) -> list[str]:
+    """Every host's log of the whole run, searched for what must never be logged: the access tokens the
+    LMS issued, the tool's private keys, the Django secret key, a bearer token or a signed JWT."""
+    from lti_tool.models import Key
+
+    from sandbox_lms.models import SandboxToken
+
+    secrets = [token for token in SandboxToken.objects.values_list("token", flat=True)]
+    secrets += [line for pem in Key.objects.values_list("private_key", flat=True)
+                for line in pem.splitlines() if len(line) > 40]  # each base64 line of each private key
+    secrets.append(os.environ["SECRET_KEY"])
+    patterns = [re.compile(r"Bearer\s+(?!\[redacted\])[A-Za-z0-9\-._~+/]{16,}"), re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+"),
+                re.compile(r"BEGIN (RSA )?PRIVATE KEY")]
+    found = []
+    for log_file in sorted(logs.glob("*.log")):
+        text = log_file.read_text(errors="replace")
+        found += [f"{log_file.name}: a secret value" for secret in secrets if secret and secret in text]
+        found += [f"{log_file.name}: {match.group(0)[:24]}…" for pattern in patterns for match in pattern.finditer(text)]
+    return found
+
+
 def metrics_open() -> float | None:
     """Open deliveries as /metrics says, scraped through the load balancer with the token."""
     answer = requests.get(f"http://{ip('lb')}:{PORT}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
@@ -554,6 +575,21 @@ def main(argv: list[str] | None = None) -> int:
         failed = sum(s.failed for s in students)
         if failed:
             problems.append(f"{failed} quiz submits failed after 12 tries each")
+        # A deadlock or a 500 is a bug even when a retry hid it from the students.
+        deadlocks = (fleet.pg.dir / "pg.log").read_text(errors="replace").count("deadlock detected")
+        answers = [line for host in ("web1", "web2")
+                   for line in (Path(args.logs) / f"{host}.log").read_text(errors="replace").splitlines()
+                   if re.search(r" HTTP/1\.\d 5\d\d \d+$", line) and "/readyz" not in line]
+        server_errors = len(answers)  # students' requests answered 5xx (503 while PostgreSQL restarted)
+        errors_500 = sum(" 500 " in line for line in answers)
+        if deadlocks:
+            problems.append(f"{deadlocks} deadlocks in PostgreSQL's log")
+        if errors_500:
+            problems.append(f"{errors_500} answers of 500 from the web hosts")
+        leaks = secrets_in_logs(Path(args.logs))
+        if leaks:
+            problems.append(f"secrets in the hosts' logs: {leaks[:3]}")
+        figures.update({"deadlocks": deadlocks, "web_5xx": server_errors, "secrets_in_logs": len(leaks)})
         open_now = metrics_open()
         if open_now != 0:
             problems.append(f"/metrics through the load balancer says {open_now} deliveries open")
