@@ -63,8 +63,10 @@ drills: venv
 
 ## The multi-host drill (scripts/drill_hosts.py): 2 web hosts behind HAProxy, 2 worker and 2 beat hosts, in network
 ## namespaces it makes and removes (10.77.0.0/24), losing hosts while students take quizzes. Needs root.
+## DRILL_HOSTS_ARGS=--pgbouncer: the tool's hosts reach PostgreSQL through PgBouncer in transaction pooling.
 drill-hosts: venv
 	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || apt-get install -y -q haproxy
+	command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || apt-get install -y -q pgbouncer
 	$(PY) scripts/drill_hosts.py $(DRILL_HOSTS_ARGS)
 
 ## Fuzz the LTI login and launch endpoints (Hypothesis, FUZZ_EXAMPLES in all; see docs/benchmarks.md).

@@ -165,10 +165,29 @@ def wait_ready(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s: {getattr(answer, 'text', answer)!s:.300}")
 
 
+PGBOUNCER = """[databases]
+drills = host={db} port=5432 dbname=drills user=postgres
+[pgbouncer]
+listen_addr = {db}
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {dir}/userlist.txt
+pool_mode = transaction
+max_client_conn = 500
+default_pool_size = 40
+server_reset_query =
+ignore_startup_parameters = extra_float_digits,options
+logfile =
+"""
+PGBOUNCER_PORT = 6432
+
+
 class Fleet:
     """The processes on the hosts, started and restarted as each host's supervisor would."""
 
-    def __init__(self, network: Network, logs: Path) -> None:
+    def __init__(self, network: Network, logs: Path, pgbouncer: bool = False) -> None:
+        self.pgbouncer = pgbouncer
         self.network = network
         self.processes = bench.Processes(logs)
         self.dir = Path(tempfile.mkdtemp(prefix="drill-hosts-"))
@@ -183,6 +202,13 @@ class Fleet:
         self.pg.create_database()
         self.redis.start()
         redis_base = f"redis://{ip('db')}:6379"
+        database_url, pooling = self.pg.url, "session"
+        if self.pgbouncer:
+            # The tool's web, worker and beat hosts through PgBouncer in transaction pooling; migrations and
+            # the drill's own checks straight to PostgreSQL, as the README says.
+            self.start("pgbouncer")
+            bench.wait_for_port(PGBOUNCER_PORT, host=ip("db"), timeout=30)
+            database_url, pooling = f"postgres://postgres@{ip('db')}:{PGBOUNCER_PORT}/drills", "transaction"
         self.env = bench.configure_django(self.pg.url, f"{redis_base}/0", f"{redis_base}/1", extra={
             "ALLOWED_HOSTS": ",".join(ip(h) for h in ("lb", "web1", "web2", "lms")),
             "TOOL_BASE_URL": f"http://{ip('lb')}:{PORT}",
@@ -195,6 +221,8 @@ class Fleet:
             "AGS_READ_TIMEOUT_SECONDS": "5",
         })
         bench.migrate()
+        # The tool's hosts use the pooler (when asked); the LMS is another product: it connects directly.
+        self.tool_env = {**self.env, "DATABASE_URL": database_url, "DATABASE_POOLING": pooling}
         for host in ("lms", "web1", "web2", "work1", "work2", "beat1", "beat2", "lb"):
             self.start(host)
         for host in ("lms", "web1", "web2", "lb"):
@@ -212,13 +240,22 @@ class Fleet:
             return [str(venv / "gunicorn"), "config.wsgi:application", "--bind", f"{ip(host)}:{PORT}",
                     "--workers", "2", "--threads", "8", "--timeout", "30",
                     # Each request with its time (µs), in the host's log: what was slow while a host was away.
-                    "--access-logfile", "-", "--access-logformat", "%(t)s %(r)s %(s)s %(D)s"], self.env
+                    "--access-logfile", "-", "--access-logformat", "%(t)s %(r)s %(s)s %(D)s"], self.tool_env
         if host.startswith("work"):
             return [str(venv / "celery"), "-A", "config", "worker", "--pool=threads", "--concurrency=16",
-                    "-Q", "grades,resync,celery", "--loglevel=INFO", "-n", f"{host}@drill"], self.env
+                    "-Q", "grades,resync,celery", "--loglevel=INFO", "-n", f"{host}@drill"], self.tool_env
         if host.startswith("beat"):
             return [str(venv / "celery"), "-A", "config", "beat", "--scheduler", "config.beat:LeaderScheduler",
-                    "-s", str(self.dir / f"{host}-schedule"), "--loglevel=INFO"], self.env
+                    "-s", str(self.dir / f"{host}-schedule"), "--loglevel=INFO"], self.tool_env
+        if host == "pgbouncer":
+            (self.dir / "userlist.txt").write_text('"postgres" ""\n')
+            config = self.dir / "pgbouncer.ini"
+            config.write_text(PGBOUNCER.format(db=ip("db"), port=PGBOUNCER_PORT, dir=self.dir))
+            shutil.chown(self.dir, "postgres")
+            for path in (config, self.dir / "userlist.txt"):
+                shutil.chown(path, "postgres")
+            # PgBouncer refuses to run as root.
+            return ["runuser", "-u", "postgres", "--", shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", str(config)], dict(os.environ)
         if host == "lb":
             config = self.dir / "haproxy.cfg"
             config.write_text(HAPROXY.format(lb=ip("lb"), web1=ip("web1"), web2=ip("web2"), port=PORT))
@@ -227,7 +264,8 @@ class Fleet:
 
     def start(self, host: str) -> None:
         args, env = self.command(host)
-        self.running[host] = self.processes.start(host, [*self.network.run_in(host), *args], env)
+        where = "db" if host == "pgbouncer" else host  # the pooler runs beside PostgreSQL
+        self.running[host] = self.processes.start(host, [*self.network.run_in(where), *args], env)
 
     def supervise(self) -> None:
         """Restart a process that exited on a host that is up (systemd's Restart=always)."""
@@ -527,16 +565,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=100.0, help="how long students keep starting quizzes")
     parser.add_argument("--logs", default=str(ROOT / ".cache" / "drill-hosts"))
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pgbouncer", action="store_true",
+                        help="the tool's hosts reach PostgreSQL through PgBouncer in transaction pooling (DATABASE_POOLING=transaction)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("drill-hosts: needs root (it makes network namespaces with `ip netns`)")
-    missing = [b for b in ("ip", "haproxy", "initdb", "pg_ctl", "redis-server", "psql") if not shutil.which(b) and not Path(f"/usr/sbin/{b}").exists()]
+    missing = [b for b in ("ip", "haproxy", "initdb", "pg_ctl", "redis-server", "psql", *(["pgbouncer"] if args.pgbouncer else []))
+               if not shutil.which(b) and not Path(f"/usr/sbin/{b}").exists()]
     if missing:
         sys.exit(f"drill-hosts: refusing to run: {', '.join(missing)} not found (make drill-hosts installs haproxy)")
     began = time.monotonic()
     load_start = bench.load_average()
     network = Network()
-    fleet = Fleet(network, Path(args.logs))
+    fleet = Fleet(network, Path(args.logs), pgbouncer=args.pgbouncer)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     problems: list[str] = []
     figures: dict[str, object] = {}
@@ -606,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - began
     verdict = "PASS" if not problems else f"FAIL ({'; '.join(problems)})"
     details = " ".join(f"{k}={v}" for k, v in figures.items())
-    print(f"drill-hosts: {verdict} {details} seconds={seconds:.0f} load={load_start}", flush=True)
+    mode = " pgbouncer=transaction" if args.pgbouncer else ""
+    print(f"drill-hosts{mode}: {verdict} {details} seconds={seconds:.0f} load={load_start}", flush=True)
     return 0 if not problems else 1
 
 
