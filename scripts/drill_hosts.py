@@ -177,6 +177,7 @@ pool_mode = transaction
 max_client_conn = 500
 default_pool_size = 40
 server_reset_query =
+server_login_retry = 1
 ignore_startup_parameters = extra_float_digits,options
 logfile =
 """
