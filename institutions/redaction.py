@@ -24,8 +24,9 @@ _PATTERNS = [
     # dict's repr or a form body: "access_token": "…", 'client_assertion': '…', client_assertion=…
     (re.compile(r"""(\b(?:access_token|refresh_token|id_token|client_assertion|client_secret)['"]?\s*[:=]\s*['"]?)"""
                 r"""[^'"&\s,;}]+""", re.I), rf"\1{REDACTED}"),
-    # Any other signed JWT (a client assertion, an id_token) wherever it appears.
-    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), f"{REDACTED} jwt"),
+    # Any other signed JWT (a client assertion, an id_token) wherever it appears, glued to a word too
+    # ("x_eyJ…": no word boundary there).
+    (re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), f"{REDACTED} jwt"),
 ]
 
 
