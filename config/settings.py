@@ -5,6 +5,7 @@ by environment variables (DATABASE_URL, CELERY_BROKER_URL, CACHE_URL, SECRET_KEY
 """
 from datetime import timedelta
 from pathlib import Path
+import re
 import secrets
 
 import environ
@@ -166,10 +167,8 @@ def _default_cache_url() -> str:
     # django-lti keeps OIDC state in the cache and gradesync shares AGS tokens there: it must
     # work across processes. Redis when there is one; otherwise a file cache, never per-process memory.
     broker = env("CELERY_BROKER_URL", default="")
-    if broker.startswith("redis://"):
-        return broker.rsplit("/", 1)[0] + "/1"
-    if redis_sentinel.is_sentinel(broker):
-        return ";".join(part.split("/")[0] + "//" + part.split("/")[2] for part in broker.split(";")) + "/1"
+    if broker.startswith("redis://") or redis_sentinel.is_sentinel(broker):
+        return re.sub(r"/\d*$", "", broker) + "/1"  # the broker's database 1 (for Sentinels, on the last address)
     return f"filecache://{BASE_DIR / '.cache' / 'django'}"
 
 

@@ -15,6 +15,8 @@ from collections import Counter
 
 from django.core.cache import cache
 
+from .shared_cache import redis_client
+
 logger = logging.getLogger(__name__)
 
 HASH_KEY = "metrics:counters"
@@ -33,18 +35,13 @@ def parse_field(text: str) -> tuple[str, dict[str, str]]:
     return name, dict(pair.split("=", 1) for pair in pairs)
 
 
-def _redis():
-    backend = getattr(cache, "_cache", None)
-    return backend.get_client(write=True) if backend is not None and hasattr(backend, "get_client") else None
-
-
 def add(counts: dict[str, float]) -> None:
     """Add to the shared counters; a failure is logged and the counts dropped."""
     counts = {key: value for key, value in counts.items() if value}
     if not counts:
         return
     try:
-        client = _redis()
+        client = redis_client()
         if client is not None:
             key = cache.make_and_validate_key(HASH_KEY)
             pipe = client.pipeline(transaction=False)
@@ -65,7 +62,7 @@ def add(counts: dict[str, float]) -> None:
 
 def read() -> dict[str, float]:
     """Every counter's total, by field."""
-    client = _redis()
+    client = redis_client()
     if client is None:
         return dict(cache.get(HASH_KEY) or {})
     raw = client.hgetall(cache.make_and_validate_key(HASH_KEY))

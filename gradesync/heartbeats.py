@@ -26,22 +26,24 @@ def worker_ran(hostname: str) -> str:
     return "ok"
 
 
-def _age(key: str, what: str) -> str:
-    mark = cache.get(key)
-    if not mark:
-        return f"no {what} heartbeat yet"
-    age = time.time() - mark["at"]
-    if age > STALE_SECONDS:
-        return f"last {what} heartbeat {age:.0f} s ago (from {mark['host']})"
-    return "ok"
+def _marks() -> dict[str, dict | None]:
+    return {"beat": cache.get(BEAT_KEY), "worker": cache.get(WORKER_KEY)}
 
 
 def ages() -> dict[str, float | None]:
     """Seconds since each heartbeat (None: never), for /metrics."""
-    marks = {"beat": cache.get(BEAT_KEY), "worker": cache.get(WORKER_KEY)}
-    return {process: (time.time() - mark["at"]) if mark else None for process, mark in marks.items()}
+    return {process: (time.time() - mark["at"]) if mark else None for process, mark in _marks().items()}
 
 
 def report() -> dict[str, str]:
     """{"beat": "ok" or why not, "worker": …}."""
-    return {"beat": _age(BEAT_KEY, "beat"), "worker": _age(WORKER_KEY, "worker")}
+    states = {}
+    for process, mark in _marks().items():
+        age = time.time() - mark["at"] if mark else None
+        if age is None:
+            states[process] = f"no {process} heartbeat yet"
+        elif age > STALE_SECONDS:
+            states[process] = f"last {process} heartbeat {age:.0f} s ago (from {mark['host']})"
+        else:
+            states[process] = "ok"
+    return states

@@ -9,10 +9,10 @@ Not public: a bearer token (METRICS_TOKEN) or an address in METRICS_NETWORKS (lo
 """
 from __future__ import annotations
 
+import datetime
 import hmac
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db.models import Count, Min
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -46,8 +46,13 @@ class GradeSyncCollector:
 
     def collect(self):
         yield from self._counters(counters.read())
-        yield from self._outbox()
-        yield from self._slots()
+        # The oldest open grade per registration: its own gauge, and which registrations have work (slots).
+        oldest = dict(
+            Delivery.objects.open().values_list("registration_id").annotate(oldest=Min("recorded_at"))
+            .values_list("registration_id", "oldest")
+        )
+        yield from self._outbox(oldest)
+        yield from self._slots(set(oldest))
         yield from self._heartbeats()
 
     def _counters(self, totals: dict[str, float]):
@@ -75,7 +80,7 @@ class GradeSyncCollector:
         histogram.add_metric([], cumulative, latency_sum)
         yield histogram
 
-    def _outbox(self):
+    def _outbox(self, oldest_by_registration: dict[int, datetime.datetime]):
         open_rows = GaugeMetricFamily("gradesync_deliveries_open", "Grades not yet in the LMS gradebook, by state.", labels=["state"])
         by_state = dict(Delivery.objects.open().values_list("status").annotate(n=Count("id")).values_list("status", "n"))
         for state in OPEN_STATUSES:
@@ -87,13 +92,9 @@ class GradeSyncCollector:
             "Age of the oldest grade not yet in the LMS, per LMS registration (only those with one).",
             labels=["registration", "registration_name"],
         )
-        per_registration = dict(
-            Delivery.objects.open().values_list("registration_id").annotate(oldest=Min("recorded_at"))
-            .values_list("registration_id", "oldest")
-        )
-        names = _registration_names(per_registration)
+        names = _registration_names(oldest_by_registration)
         now = timezone.now()
-        for registration_id, recorded_at in sorted(per_registration.items()):
+        for registration_id, recorded_at in sorted(oldest_by_registration.items()):
             oldest.add_metric([str(registration_id), names.get(registration_id, "")], max((now - recorded_at).total_seconds(), 0.0))
         yield oldest
 
@@ -106,26 +107,15 @@ class GradeSyncCollector:
             jobs.add_metric([state.value], by_job_state.get(state, 0))
         yield jobs
 
-    def _slots(self):
+    def _slots(self, open_registrations: set[int]):
         """In-flight slots held now, for every registration with open grades or a slot held."""
         used = GaugeMetricFamily("gradesync_inflight_slots_used", "Requests in flight to an LMS now (slots held), per registration.", labels=["registration"])
         limit = GaugeMetricFamily("gradesync_inflight_slots_limit", "The LMS's in-flight limit, per registration.", labels=["registration"])
-        registrations = set(Delivery.objects.open().values_list("registration_id", flat=True).distinct())
-        registrations |= _registrations_holding_slots()
-        keys: dict[str, int] = {}
-        limits: dict[int, int] = {}
-        for registration_id in registrations:
-            lms = wakeups.lms_of(registration_id)
-            if lms is None:
-                continue
-            limits[registration_id] = lms.limit
-            keys.update({key: registration_id for key in wakeups.slot_keys(registration_id, lms.limit)})
-        held = cache.get_many(list(keys))
-        counts = {registration_id: 0 for registration_id in limits}
-        for key in held:
-            counts[keys[key]] += 1
+        limits = wakeups.in_flight_limits(open_registrations)
+        held = wakeups.slots_held(limits)
+        limits.update(wakeups.in_flight_limits(set(held) - set(limits)))
         for registration_id in sorted(limits):
-            used.add_metric([str(registration_id)], counts[registration_id])
+            used.add_metric([str(registration_id)], held[registration_id])
             limit.add_metric([str(registration_id)], limits[registration_id])
         yield used
         yield limit
@@ -140,21 +130,6 @@ class GradeSyncCollector:
             if age is not None:
                 ages.add_metric([process], age)
         yield ages
-
-
-def _registrations_holding_slots() -> set[int]:
-    """Registrations with a slot held (Redis only: a sender may hold one with nothing open, lingering)."""
-    client = counters._redis()
-    if client is None:
-        return set()
-    pattern = cache.make_and_validate_key("ags-inflight:*")
-    prefix = pattern[: -len("ags-inflight:*")]
-    found = set()
-    for key in client.scan_iter(match=pattern, count=1000):
-        parts = key.decode()[len(prefix):].split(":")
-        if len(parts) == 3 and parts[1].isdigit():
-            found.add(int(parts[1]))
-    return found
 
 
 def render() -> bytes:

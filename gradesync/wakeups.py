@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -14,9 +15,10 @@ from django.core.cache import cache
 from django.db import transaction
 from lti_tool.models import LtiRegistration
 
-from institutions.models import LmsFamily
+from institutions.models import LmsFamily, RegistrationProfile
 
 from . import queue
+from .shared_cache import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +48,51 @@ def lms_of(registration_id: int) -> Lms | None:
     lms = Lms(
         registration,
         profile.lms_family if profile else LmsFamily.OTHER,
-        max(profile.max_requests_in_flight if profile else 4, 1),
+        in_flight_limit(profile.max_requests_in_flight if profile else None),
     )
     _lms_cache[registration_id] = (time.monotonic() + LMS_CACHE_SECONDS, lms)
     return lms
 
 
+DEFAULT_IN_FLIGHT = 4  # a registration without a profile
+
+
+def in_flight_limit(profile_limit: int | None) -> int:
+    return max(profile_limit if profile_limit is not None else DEFAULT_IN_FLIGHT, 1)
+
+
+def in_flight_limits(registration_ids: Iterable[int]) -> dict[int, int]:
+    """Each registration's in-flight limit, in one query (for many at once: /metrics)."""
+    ids = set(registration_ids)
+    profiles = dict(RegistrationProfile.objects.filter(registration_id__in=ids)
+                    .values_list("registration_id", "max_requests_in_flight"))
+    return {registration_id: in_flight_limit(profiles.get(registration_id)) for registration_id in ids}
+
+
+SLOT_KEY = "ags-inflight:{registration_id}:{slot}"
+
+
 def slot_keys(registration_id: int, limit: int) -> list[str]:
     """The shared cache's keys of one LMS's in-flight slots: a key present is a sender at work."""
-    return [f"ags-inflight:{registration_id}:{slot}" for slot in range(max(limit, 1))]
+    return [SLOT_KEY.format(registration_id=registration_id, slot=slot) for slot in range(max(limit, 1))]
+
+
+def slots_held(limits: dict[int, int]) -> Counter:
+    """Slots held now, per registration. With Redis, every registration's, from one SCAN (a lingering
+    sender holds one with nothing due); otherwise those of `limits`' registrations."""
+    client = redis_client()
+    held: Counter = Counter()
+    if client is None:
+        keys = {key: registration_id for registration_id, limit in limits.items() for key in slot_keys(registration_id, limit)}
+        held.update(keys[key] for key in cache.get_many(list(keys)))
+        return held
+    pattern = cache.make_and_validate_key(SLOT_KEY.format(registration_id="*", slot="*"))
+    start = pattern.split("*", 1)[0]
+    for key in client.scan_iter(match=pattern, count=1000):
+        registration_id = key.decode()[len(start):].split(":", 1)[0]
+        if registration_id.isdigit():
+            held[int(registration_id)] += 1
+    return held
 
 
 # A live sender that has sent everything due may linger a moment for its LMS's next grade (sender.py):
@@ -66,27 +104,19 @@ WAKE_KEY = "ags-wake:{registration_id}"
 LINGER_MARK_SECONDS = 3  # a killed lingerer's mark lapses this soon; a lingerer renews it as it waits
 
 
-def _redis():
-    """The shared cache's Redis client, or None (another backend: no lingering)."""
-    backend = getattr(cache, "_cache", None)
-    if backend is None or not hasattr(backend, "get_client"):
-        return None
-    return backend.get_client(write=True)
-
-
 def can_linger() -> bool:
     """Lingering needs Redis and real workers: a task run in the publisher's process (eager) must not wait."""
     from celery import current_app
     from django.conf import settings
 
-    return settings.GRADE_DELIVERY_LINGER_SECONDS > 0 and not current_app.conf.task_always_eager and _redis() is not None
+    return settings.GRADE_DELIVERY_LINGER_SECONDS > 0 and not current_app.conf.task_always_eager and redis_client() is not None
 
 
 def mark_lingering(registration_id: int) -> bool:
     """Become the LMS's lingering sender, if none is; its wake-up list starts empty."""
     if not cache.add(LINGER_KEY.format(registration_id=registration_id), 1, LINGER_MARK_SECONDS):
         return False
-    _redis().delete(cache.make_and_validate_key(WAKE_KEY.format(registration_id=registration_id)))
+    redis_client().delete(cache.make_and_validate_key(WAKE_KEY.format(registration_id=registration_id)))
     return True
 
 
@@ -95,7 +125,7 @@ def wait_for_wake(registration_id: int, seconds: float, *, renew: bool = True) -
     if renew:
         cache.touch(LINGER_KEY.format(registration_id=registration_id), LINGER_MARK_SECONDS)
     key = cache.make_and_validate_key(WAKE_KEY.format(registration_id=registration_id))
-    return _redis().blpop([key], timeout=seconds) is not None
+    return redis_client().blpop([key], timeout=seconds) is not None
 
 
 def unmark_lingering(registration_id: int) -> None:
@@ -104,7 +134,7 @@ def unmark_lingering(registration_id: int) -> None:
 
 def _wake_lingering(registration_id: int) -> None:
     key = cache.make_and_validate_key(WAKE_KEY.format(registration_id=registration_id))
-    _redis().pipeline(transaction=False).rpush(key, 1).expire(key, 10).execute()
+    redis_client().pipeline(transaction=False).rpush(key, 1).expire(key, 10).execute()
 
 
 def wake_senders(rows: Iterable[tuple[int, int, bool]]) -> int:

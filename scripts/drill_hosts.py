@@ -103,7 +103,7 @@ class Network:
         pids = self.pids(host)
         for pid in pids:
             try:
-                signal_pid(pid)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         return len(pids)
@@ -122,10 +122,6 @@ class Network:
                 self.kill(host)
                 sh("ip", "netns", "del", f"dh-{host}", check=False)
         sh("ip", "link", "del", BRIDGE, check=False)
-
-
-def signal_pid(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
 
 
 HAPROXY = """global
@@ -195,6 +191,7 @@ class Fleet:
         self.pg = drills.PrivatePostgres(5432, host=ip("db"), prefix=tuple(network.run_in("db")))
         self.redis = drills.PrivateRedis(6379, self.processes, host=ip("db"), prefix=tuple(network.run_in("db")))
         self.env: dict[str, str] = {}
+        self.tool_env: dict[str, str] = {}  # env, with the pooler's address when --pgbouncer
         self.running: dict[str, subprocess.Popen] = {}
         self.down_hosts: set[str] = set()  # killed or cut on purpose: not restarted meanwhile
 

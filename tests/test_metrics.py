@@ -98,13 +98,21 @@ def test_a_delivered_grade_and_a_failing_lms_show_in_the_series(client, canvas):
     assert 0 <= samples[("gradesync_oldest_undelivered_age_seconds", labels)] < 30
     # The sent grade's latency is still the only one counted: a retry is not a landing in the gradebook.
     assert samples[("gradesync_delivery_latency_seconds_count", ())] == 1
-    assert samples[("gradesync_inflight_slots_limit", (("registration", str(waiting.registration_id)),))] >= 1
+    assert samples[("gradesync_inflight_slots_limit", (("registration", str(waiting.registration_id)),))] == 4
+    # A sender at work holds a slot: it shows as used.
+    from django.core.cache import cache
+
+    from gradesync import wakeups
+
+    cache.add(wakeups.slot_keys(waiting.registration_id, 4)[2], 1, 30)
+    samples = scrape(client)
+    assert samples[("gradesync_inflight_slots_used", (("registration", str(waiting.registration_id)),))] == 1
 
 
 def test_counting_never_costs_a_grade_when_the_cache_is_down(canvas, monkeypatch):
     def down(*args, **kwargs):
         raise ConnectionError("cache down")
 
-    monkeypatch.setattr(counters, "_redis", down)
+    monkeypatch.setattr(counters, "redis_client", down)
     canvas.finish(canvas.launch(canvas.connected.students[0]), "0.6")
     assert Delivery.objects.get().status == DeliveryStatus.SENT

@@ -472,7 +472,7 @@ def test_a_lingering_sender_takes_the_next_grades_without_a_task_each(canvas, lo
 
 
 def test_a_publisher_pushes_to_a_lingering_sender_instead_of_queueing(canvas, monkeypatch):
-    if wakeups._redis() is None:
+    if wakeups.redis_client() is None:
         pytest.skip("lingering needs Redis as the shared cache (CACHE_URL=redis://…)")
     registration_id = canvas.connected.deployment.registration_id
     queued = []
