@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from django.urls import reverse
 
 CHROMIUM = "/usr/bin/chromium"
@@ -47,6 +48,9 @@ def page(monkeypatch):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         yield page
         browser.close()
+        # With that loop running, Django keeps the test's database connection in a context-local slot of its
+        # own, which the test's teardown never sees: close it here, or it outlives the test database.
+        connections.close_all()
 
 
 def log_in(page, live_server, staff_user, role: str) -> None:
@@ -64,9 +68,15 @@ def log_in(page, live_server, staff_user, role: str) -> None:
     secret = page.inner_text("#otp-secret").replace(" ", "")
     key = base64.b32decode(secret + "=" * (-len(secret) % 8))
     page.fill("#id_code", f"{totp(key):06d}")
-    page.click("#second-factor-form input[type=submit]")
+    follow(page, "#second-factor-form input[type=submit]")
+    assert page.locator("#second-factor-form .errorlist").count() == 0, page.inner_text("#second-factor-form .errorlist")
     assert page.locator("#backup-codes li").count() == 10
     page.click("#continue")
     page.wait_for_selector("#grade-sync-support")
 
 
+def follow(page, selector: str) -> None:
+    """Click what loads a new page and wait for it: a bare click returns before the next page is there, and a
+    read straight after it (count(), page.url, the database) would see the old one."""
+    with page.expect_navigation():
+        page.click(selector)

@@ -18,7 +18,7 @@ from institutions.models import DeploymentOwnership, RegisteredVia
 from institutions.roles import INTEGRATION, sync_staff_roles
 from sandbox_lms import api
 from sandbox_lms.models import Role, SandboxCourse
-from tests.browser import ARTIFACTS, browser_marks, log_in, page, staff_roles  # noqa: F401 (fixtures)
+from tests.browser import ARTIFACTS, browser_marks, follow, log_in, page, staff_roles  # noqa: F401 (fixtures)
 from tests.courseware.test_launch_flow import catalog  # noqa: F401 (fixture)
 
 pytestmark = browser_marks
@@ -149,7 +149,7 @@ def test_canvas_through_the_developer_key_json_url(page, live_server, lms_platfo
     page.fill("#id_deployments-0-deployment_id", deployment_id)
     page.check("#id_deployments-0-is_active")
     page.select_option("#id_deployments_institution", str(north.pk))
-    page.click("input[name=_save]")
+    follow(page, "input[name=_save]")
     draft.refresh_from_db()
     assert draft.client_id == client_id and draft.is_active
 

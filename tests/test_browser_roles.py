@@ -8,7 +8,7 @@ from lti_tool.models import Key
 
 from institutions.dynamic_registration.invitations import create_invitation
 from institutions.roles import READ_ONLY
-from tests.browser import ARTIFACTS, browser_marks, log_in, page, staff_roles  # noqa: F401 (fixtures)
+from tests.browser import ARTIFACTS, browser_marks, follow, log_in, page, staff_roles  # noqa: F401 (fixtures)
 from tests.factories import CourseFactory, DeploymentFactory, OwnedDeploymentFactory, RegistrationFactory
 
 pytestmark = browser_marks
@@ -49,18 +49,18 @@ def test_read_only_walks_the_onboarding_admin_and_is_offered_nothing_it_cannot_f
     assert_nothing_refused(page, seen)
 
     # Index → registrations → the Canvas registration → its tool configuration.
-    page.click("#content-main a[href$='/lti_tool/ltiregistration/']")
+    follow(page, "#content-main a[href$='/lti_tool/ltiregistration/']")
     assert_nothing_refused(page, seen)
-    page.click("#result_list >> text=State Canvas")
+    follow(page, "#result_list >> text=State Canvas")
     assert_nothing_refused(page, seen)
-    page.click("text=Tool configuration for the LMS admin")
+    follow(page, "text=Tool configuration for the LMS admin")
     assert "staff with the Integration role make these links" in page.inner_text("#cfg-dynamic-registration")
     assert_nothing_refused(page, seen)
 
     # Deployments → the pending one: no "Assign … and activate" for Read-only.
     page.goto(live_server.url + reverse("admin:lti_tool_ltideployment_changelist"))
     assert_nothing_refused(page, seen)
-    page.click("#result_list >> text=pending-1")
+    follow(page, "#result_list >> text=pending-1")
     assert page.locator("form[action$='/assign-and-activate/']").count() == 0
     assert_nothing_refused(page, seen)
 
@@ -72,7 +72,7 @@ def test_read_only_walks_the_onboarding_admin_and_is_offered_nothing_it_cannot_f
     page.screenshot(path=str(ARTIFACTS / "read-only-keys.png"), full_page=True)
 
     # "View site" goes to the landing page.
-    page.click("#user-tools >> text=View site")
+    follow(page, "#user-tools >> text=View site")
     assert page.url == live_server.url + "/"
     assert page.locator("#admin-link").count() == 1 and page.locator("#jwks-link").count() == 1
     assert len(seen) > 30
