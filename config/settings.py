@@ -244,6 +244,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# A URL typed without a scheme is https: an LMS's endpoints always are, so "moodle.north.edu/mod/lti/token.php"
+# is saved as the https URL instead of refused as plain http. Django 6.0's default; remove the line with 6.0.
+FORMS_URLFIELD_ASSUME_HTTPS = True
 
 STATIC_URL = "static/"
 # `manage.py collectstatic --noinput` fills it at each release (`make web` runs it first).

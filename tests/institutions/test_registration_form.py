@@ -108,6 +108,17 @@ def test_a_plain_http_endpoint_of_a_real_host_is_refused(client_for, field):
     assert nothing_written()
 
 
+def test_endpoints_typed_without_a_scheme_are_saved_as_https(client_for):
+    response = client_for(INTEGRATION).post(reverse(ADD_URL), registration_post_data(
+        auth_url="moodle.north.edu/mod/lti/auth.php", token_url="moodle.north.edu/mod/lti/token.php",
+        keyset_url="moodle.north.edu/mod/lti/certs.php"))
+    assert response.status_code == 302
+    registration = LtiRegistration.objects.get()
+    assert (registration.auth_url, registration.token_url, registration.keyset_url) == (
+        "https://moodle.north.edu/mod/lti/auth.php", "https://moodle.north.edu/mod/lti/token.php",
+        "https://moodle.north.edu/mod/lti/certs.php")
+
+
 LOOPBACK = {
     "issuer": "http://127.0.0.1:8000/sandbox-lms",
     "auth_url": "http://127.0.0.1:8000/sandbox-lms/auth/",
