@@ -27,19 +27,24 @@ def worker_ran(hostname: str) -> str:
 
 
 def _marks() -> dict[str, dict | None]:
-    return {"beat": cache.get(BEAT_KEY), "worker": cache.get(WORKER_KEY)}
+    found = cache.get_many([BEAT_KEY, WORKER_KEY])
+    return {"beat": found.get(BEAT_KEY), "worker": found.get(WORKER_KEY)}
+
+
+def _age(mark: dict | None) -> float | None:
+    return time.time() - mark["at"] if mark else None
 
 
 def ages() -> dict[str, float | None]:
     """Seconds since each heartbeat (None: never), for /metrics."""
-    return {process: (time.time() - mark["at"]) if mark else None for process, mark in _marks().items()}
+    return {process: _age(mark) for process, mark in _marks().items()}
 
 
 def report() -> dict[str, str]:
     """{"beat": "ok" or why not, "worker": …}."""
     states = {}
     for process, mark in _marks().items():
-        age = time.time() - mark["at"] if mark else None
+        age = _age(mark)
         if age is None:
             states[process] = f"no {process} heartbeat yet"
         elif age > STALE_SECONDS:

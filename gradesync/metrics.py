@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hmac
+from collections import Counter
 
 from django.conf import settings
 from django.db.models import Count, Min
@@ -46,12 +47,17 @@ class GradeSyncCollector:
 
     def collect(self):
         yield from self._counters(counters.read())
-        # The oldest open grade per registration: its own gauge, and which registrations have work (slots).
-        oldest = dict(
-            Delivery.objects.open().values_list("registration_id").annotate(oldest=Min("recorded_at"))
-            .values_list("registration_id", "oldest")
-        )
-        yield from self._outbox(oldest)
+        # The open rows read once, by registration and state: the counts by state, the oldest per
+        # registration, and which registrations have work (for the slots).
+        by_state: Counter = Counter()
+        oldest: dict[int, datetime.datetime] = {}
+        for registration_id, state, n, first in (
+            Delivery.objects.open().values_list("registration_id", "status")
+            .annotate(n=Count("id"), first=Min("recorded_at")).values_list("registration_id", "status", "n", "first")
+        ):
+            by_state[state] += n
+            oldest[registration_id] = min(first, oldest.get(registration_id, first))
+        yield from self._outbox(by_state, oldest)
         yield from self._slots(set(oldest))
         yield from self._heartbeats()
 
@@ -80,9 +86,8 @@ class GradeSyncCollector:
         histogram.add_metric([], cumulative, latency_sum)
         yield histogram
 
-    def _outbox(self, oldest_by_registration: dict[int, datetime.datetime]):
+    def _outbox(self, by_state: Counter, oldest_by_registration: dict[int, datetime.datetime]):
         open_rows = GaugeMetricFamily("gradesync_deliveries_open", "Grades not yet in the LMS gradebook, by state.", labels=["state"])
-        by_state = dict(Delivery.objects.open().values_list("status").annotate(n=Count("id")).values_list("status", "n"))
         for state in OPEN_STATUSES:
             open_rows.add_metric([state], by_state.get(state, 0))
         yield open_rows
